@@ -1,0 +1,1 @@
+"""Reimplemented baselines; each module holds one model registered under its paper name."""

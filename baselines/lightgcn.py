@@ -1,0 +1,51 @@
+"""LightGCN: linear propagation on the user-item graph, mean over layers (He et al., SIGIR 2020)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.base import Recommender
+from models.graphs import lightgcn, ui_adjacency
+from models.losses import bpr_loss, emb_norm
+from models.registry import register
+
+
+@register("LightGCN")
+class LightGCN(Recommender):
+    group = "collaborative"
+    uses_features = False
+
+    def __init__(self, config, task):
+        super().__init__(config, task)
+        d = int(config["embedding_size"])
+        self.n_layers = int(config["n_ui_layers"])
+        self.reg_weight = float(config["reg_weight"])
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.adj = ui_adjacency(task)
+        self._scoring = None
+
+    def propagate(self):
+        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
+        out = lightgcn(self.adj, ego, self.n_layers)
+        return out[:self.n_users], out[self.n_users:]
+
+    def calculate_loss(self, users, pos, neg):
+        u_all, i_all = self.propagate()
+        u, p, n = u_all[users], i_all[pos], i_all[neg]
+        pos_s, neg_s = (u * p).sum(1), (u * n).sum(1)
+        if self.reg_weight == 0:
+            # The reference switches to the plain logsigmoid form when the regulariser is off.
+            return bpr_loss(pos_s, neg_s)
+        reg = emb_norm(self.user_embedding[users], self.item_embedding[pos], self.item_embedding[neg])
+        return bpr_loss(pos_s, neg_s, gamma=1e-10) + self.reg_weight * reg
+
+    def begin_scoring(self):
+        self._scoring = self.propagate()
+
+    def end_scoring(self):
+        self._scoring = None
+
+    def full_sort_predict(self, users):
+        u_all, i_all = self._scoring if self._scoring is not None else self.propagate()
+        return u_all[users] @ i_all.T

@@ -1,0 +1,30 @@
+"""MFBPR: matrix factorisation trained with BPR (Rendle et al., UAI 2009)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.base import Recommender
+from models.losses import bpr_loss, emb_norm
+from models.registry import register
+
+
+@register("MFBPR")
+class MFBPR(Recommender):
+    group = "collaborative"
+    uses_features = False
+
+    def __init__(self, config, task):
+        super().__init__(config, task)
+        d = int(config["embedding_size"])
+        self.reg_weight = float(config["reg_weight"])
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+
+    def calculate_loss(self, users, pos, neg):
+        u, p, n = self.user_embedding[users], self.item_embedding[pos], self.item_embedding[neg]
+        loss = bpr_loss((u * p).sum(1), (u * n).sum(1), gamma=1e-10)
+        return loss + self.reg_weight * emb_norm(u, p, n)
+
+    def full_sort_predict(self, users):
+        return self.user_embedding[users] @ self.item_embedding.T

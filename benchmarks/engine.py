@@ -1,0 +1,151 @@
+"""The shared training loop (spec section 3): one loop for every model.
+
+BPR batches with one uniform negative per row; Adam at ``learning_rate`` on the model's
+optimiser parameters; a per-epoch learning-rate factor ``g ** (epoch / s)`` from
+``learning_rate_scheduler: [g, s]``; evaluation every ``eval_step`` epochs on validation
+and test; early stopping on the validation metric rounded to 4 decimals (ties are no
+improvement) after more than ``stopping_step`` evaluations without improvement; the
+reported test metrics are those of the evaluation with the best validation metric. A
+non-finite loss ends training with a failure that carries the epoch and the best result
+so far.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .evaluation import Evaluator
+from .sampling import BPRSampler
+
+
+class TrainingFailure(RuntimeError):
+    def __init__(self, message: str, epoch: int, partial: "TrainResult | None" = None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.partial = partial
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int = -1
+    valid: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)
+    test_per_user: dict = field(default_factory=dict)
+    test_users: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)  # name -> metrics at the best-valid evaluation
+    extra_counts: dict = field(default_factory=dict)  # name -> (users, interactions)
+    curve: list = field(default_factory=list)
+    epochs_run: int = 0
+    train_seconds: list = field(default_factory=list)
+    valid_eval_seconds: list = field(default_factory=list)
+    test_eval_seconds: list = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def train_seconds_per_epoch(self) -> float | None:
+        return float(np.mean(self.train_seconds)) if self.train_seconds else None
+
+    @property
+    def eval_seconds(self) -> float | None:
+        return float(np.mean(self.test_eval_seconds)) if self.test_eval_seconds else None
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> np.random.Generator:
+    """Seed python, numpy and torch; return the generator the sampler draws from."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return np.random.default_rng(seed)
+
+
+def lr_factor(scheduler) -> callable:
+    gamma, step = (float(scheduler[0]), float(scheduler[1])) if scheduler else (1.0, 1.0)
+    return lambda epoch: gamma ** (epoch / step)
+
+
+def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, progress=None) -> TrainResult:
+    epochs = int(config["epochs"])
+    eval_step = int(config["eval_step"])
+    stopping_step = int(config["stopping_step"])
+    batch_size = int(config["train_batch_size"])
+    valid_metric = str(config.get("valid_metric", "recall@20")).lower()
+    evaluator = Evaluator(task, topk=config["topk"], metrics=config["metrics"],
+                          batch_size=int(config["eval_batch_size"]))
+    if valid_metric not in {f"{m}@{k}" for m in evaluator.metrics for k in evaluator.topk}:
+        raise ValueError(f"valid_metric {valid_metric!r} is not among the computed metrics "
+                         f"{config['metrics']} @ {config['topk']}")
+    optimizer = torch.optim.Adam(model.optimizer_parameters(), lr=float(config["learning_rate"]),
+                                 weight_decay=float(config.get("weight_decay", 0.0)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.get("learning_rate_scheduler")))
+    sampler = BPRSampler(task, rng)
+    max_seconds = config.get("max_train_seconds")
+    result = TrainResult()
+    best_score, bad_evals = -math.inf, 0
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        model.train()
+        model.pre_epoch(epoch)
+        total = 0.0
+        for users, pos, neg in sampler.epoch(batch_size, device=task.device):
+            loss = model.calculate_loss(users, pos, neg)
+            if not torch.isfinite(loss):
+                raise TrainingFailure(f"non-finite training loss ({loss.item()}) at epoch {epoch}", epoch, result)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+        scheduler.step()
+        result.train_seconds.append(time.perf_counter() - t0)
+        result.epochs_run = epoch + 1
+        point = {"epoch": epoch, "train_loss": round(total, 4)}
+        if (epoch + 1) % eval_step == 0:
+            model.pre_evaluation()
+            valid, _, v_sec = evaluator.evaluate(model, task.valid)
+            test, test_users_metrics, t_sec = evaluator.evaluate(model, task.test)
+            result.valid_eval_seconds.append(v_sec)
+            result.test_eval_seconds.append(t_sec)
+            point.update({f"valid_{valid_metric}": round(valid[valid_metric], 4),
+                          "test_recall@20": round(test.get("recall@20", float("nan")), 4),
+                          "test_ndcg@20": round(test.get("ndcg@20", float("nan")), 4)})
+            score = round(valid[valid_metric], 4)
+            if score > best_score:
+                best_score, bad_evals = score, 0
+                result.best_epoch, result.valid, result.test = epoch, valid, test
+                result.test_per_user, result.test_users = test_users_metrics, task.test.users
+                for name, eval_set in task.extra_eval.items():
+                    if len(eval_set):
+                        result.extra[name], _, _ = evaluator.evaluate(model, eval_set)
+                        result.extra_counts[name] = (len(eval_set), eval_set.n_interactions)
+            else:
+                bad_evals += 1
+            if progress is not None:
+                progress.set_postfix({"epoch": epoch, "valid": f"{valid[valid_metric]:.4f}",
+                                      "best": f"{best_score:.4f}"}, refresh=False)
+        result.curve.append(point)
+        if progress is not None:
+            progress.update(1)
+        out_of_time = max_seconds is not None and time.perf_counter() - started > float(max_seconds) \
+            and result.best_epoch >= 0
+        if bad_evals > stopping_step or out_of_time:
+            result.stopped_early = True
+            break
+    if result.best_epoch < 0:
+        # No evaluation happened (epochs < eval_step): evaluate the final model once.
+        model.pre_evaluation()
+        result.valid, _, v_sec = evaluator.evaluate(model, task.valid)
+        result.test, result.test_per_user, t_sec = evaluator.evaluate(model, task.test)
+        result.test_users = task.test.users
+        result.valid_eval_seconds.append(v_sec)
+        result.test_eval_seconds.append(t_sec)
+        result.best_epoch = result.epochs_run - 1
+    return result

@@ -1,0 +1,257 @@
+"""One job = one training run of one model setting on one dataset, protocol, ratio and seed.
+
+``run_job(spec) -> record`` is a pure function of its spec (Ray-trainable shaped): it loads
+the data, applies the protocol, builds the model, trains, evaluates and returns the record
+that the driver appends to the results store. It never raises for a failing model: the
+failure (exception, non-finite loss, out of memory) becomes a record with ``status: failed``.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_prep.dataset import Dataset, load_folder
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SYNTHETIC_PREFIX = "synthetic:"
+PAPER_DATASETS = ("baby", "sports", "clothing", "tiktok")
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """How to obtain a dataset inside any worker process (picklable, hashable)."""
+
+    name: str  # display name: "tiktok" or "synthetic:tiktok"
+    kind: str
+    source: str  # real | reference | synthetic
+    root: str | None = None
+    scale: float = 1.0
+    seed: int = 2025
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source == "synthetic"
+
+
+def resolve_dataset(name: str, data_root: str | Path, scale: float) -> tuple[DatasetRef, bool]:
+    """A dataset name -> (reference, fell_back_to_synthetic).
+
+    ``synthetic:<kind>`` always names a replica. A plain name is looked up under the data
+    root; a paper dataset that is not there falls back to its synthetic replica.
+    """
+    if name.startswith(SYNTHETIC_PREFIX):
+        kind = name[len(SYNTHETIC_PREFIX):]
+        from data_prep.synthetic import REPLICA_SHAPES
+        if kind not in REPLICA_SHAPES:
+            raise ValueError(f"unknown synthetic replica {name!r}; known: "
+                             + ", ".join(f"synthetic:{k}" for k in REPLICA_SHAPES))
+        return DatasetRef(name, kind, "synthetic", None, scale), False
+    folder = Path(data_root) / name
+    if folder.is_dir():
+        return DatasetRef(name, name, data_label(folder), str(Path(data_root).resolve())), False
+    if name in PAPER_DATASETS:
+        return DatasetRef(f"{SYNTHETIC_PREFIX}{name}", name, "synthetic", None, scale), True
+    raise FileNotFoundError(f"dataset folder {folder} not found; known replicas: "
+                            + ", ".join(f"synthetic:{k}" for k in PAPER_DATASETS + ("elec",)))
+
+
+def data_label(folder: Path) -> str:
+    """``real`` or ``reference`` (surrogate features), from a SOURCE file or the folder's parent name."""
+    source_file = folder / "SOURCE"
+    if source_file.is_file():
+        text = source_file.read_text().lower()
+        return "reference" if "reference" in text else "real"
+    return "reference" if folder.resolve().parent.name == "reference" else "real"
+
+
+@functools.lru_cache(maxsize=4)
+def load_dataset(ref: DatasetRef) -> Dataset:
+    if ref.synthetic:
+        from data_prep.synthetic import make_replica
+        return make_replica(ref.kind, scale=ref.scale, seed=ref.seed)
+    return load_folder(ref.root, ref.name, source=ref.source, kind=ref.kind)
+
+
+# --------------------------------------------------------------------------- provenance
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """``<git sha>[-dirty]`` of the project, or ``nogit-<hash of the sources>``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        if sha:
+            return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    h = hashlib.sha256()
+    for pkg in ("models", "baselines", "benchmarks", "data_prep"):
+        for p in sorted((PROJECT_ROOT / pkg).rglob("*")):
+            if p.suffix in (".py", ".yaml"):
+                h.update(p.read_bytes())
+    return "nogit-" + h.hexdigest()[:12]
+
+
+def environment(device: torch.device) -> dict:
+    env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+           "platform": platform.platform(), "device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def job_id(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class PeakMemory:
+    """Peak resident memory of this process while a job runs (sampled every 10 ms)."""
+
+    def __init__(self, interval: float = 0.01):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * self._page
+        except OSError:
+            import resource
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def mb(self) -> float:
+        return round(self.peak / 2 ** 20, 1)
+
+
+def pick_device(name) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+# --------------------------------------------------------------------------- the job
+
+def run_job(spec: dict, progress: bool = False) -> dict:
+    """Train and evaluate one job; always returns a record (``status`` ok or failed)."""
+    from benchmarks import registry_entry
+    from benchmarks.cache import ArtifactCache
+    from benchmarks.engine import TrainingFailure, seed_everything, train_and_evaluate
+    from benchmarks.protocols import get_protocol
+    from benchmarks.store import ResultStore
+
+    cfg = spec["config"]
+    record = {k: spec[k] for k in ("job_id", "grid_group", "model", "group", "dataset", "dataset_kind",
+                                   "data_source", "protocol", "missing_ratio", "seed", "fingerprint",
+                                   "code_version", "grid_keys", "grid_size")}
+    record.update({"record_version": RECORD_VERSION, "config": cfg, "status": "failed", "started": _now()})
+    t_start = time.perf_counter()
+    device = torch.device("cpu")
+    bar = None
+    with PeakMemory() as mem:
+        try:
+            device = pick_device(cfg.get("device"))
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            rng = seed_everything(int(spec["seed"]), bool(cfg.get("deterministic")))
+            dataset = load_dataset(DatasetRef(**spec["dataset_ref"]))
+            cache = ArtifactCache(spec.get("cache_dir"))
+            entry = registry_entry(spec["model"])
+            protocol = get_protocol(spec["protocol"])
+            t0 = time.perf_counter()
+            task = protocol.build_task(dataset, cfg, entry.cls, spec["missing_ratio"], device, cache)
+            model = entry.cls(cfg, task).to(device)
+            record["setup_seconds"] = round(time.perf_counter() - t0, 3)
+            record["n_parameters"] = int(sum(p.numel() for p in model.parameters()))
+            if progress:
+                from tqdm import tqdm
+                bar = tqdm(total=int(cfg["epochs"]), desc=f"{spec['model']}/{spec['dataset']}/s{spec['seed']}",
+                           unit="ep", leave=False, dynamic_ncols=True)
+            result = train_and_evaluate(model, task, cfg, rng, progress=bar)
+            _fill(record, result)
+            record["status"] = "ok"
+            record["eval_counts"] = {"valid": [len(task.valid), task.valid.n_interactions],
+                                     "test": [len(task.test), task.test.n_interactions]}
+            if result.test_users is not None and spec.get("results_dir"):
+                record["per_user_file"] = ResultStore(spec["results_dir"]).save_per_user(
+                    spec["job_id"], result.test_users, result.test_per_user)
+        except TrainingFailure as exc:
+            record["error"] = str(exc)
+            record["failed_epoch"] = exc.epoch
+            if exc.partial is not None and exc.partial.best_epoch >= 0:
+                _fill(record, exc.partial)
+        except (MemoryError, torch.OutOfMemoryError) as exc:
+            record["error"] = f"out of memory: {exc}".strip()
+        except Exception as exc:  # noqa: BLE001 - a failing job must not stop the grid
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["traceback"] = traceback.format_exc(limit=8)[-4000:]
+        finally:
+            if bar is not None:
+                bar.close()
+    record["peak_memory_mb"] = mem.mb
+    if device.type == "cuda":
+        record["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    record["total_seconds"] = round(time.perf_counter() - t_start, 3)
+    record["finished"] = _now()
+    record["environment"] = environment(device)
+    return record
+
+
+def _fill(record: dict, result) -> None:
+    record.update({
+        "best_epoch": result.best_epoch, "valid": result.valid, "test": result.test,
+        "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+        "train_seconds_per_epoch": _r(result.train_seconds_per_epoch), "eval_seconds": _r(result.eval_seconds),
+        "valid_eval_seconds": _r(float(np.mean(result.valid_eval_seconds)) if result.valid_eval_seconds else None),
+        "curve": result.curve,
+    })
+    if result.extra:
+        record["extra"] = result.extra
+        record["extra_counts"] = {k: list(v) for k, v in result.extra_counts.items()}
+
+
+def _r(x):
+    return None if x is None else round(float(x), 4)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def spec_dict(ref: DatasetRef) -> dict:
+    return asdict(ref)

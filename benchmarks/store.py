@@ -1,0 +1,99 @@
+"""The results store: ``<results-dir>/results.jsonl``, one JSON object per finished job.
+
+Appends are atomic with respect to other writers (an exclusive ``flock`` around one
+``write`` of a whole line, then ``fsync``), so parallel workers never interleave records and
+a killed writer leaves at most one incomplete last line. Readers skip such a line (and say
+so) instead of failing; the next append starts on a fresh line. Per-user test metric vectors
+go to ``<results-dir>/per_user/<job_id>.npz``.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_FILE = "results.jsonl"
+
+
+class ResultStore:
+    def __init__(self, results_dir: str | Path):
+        self.dir = Path(results_dir)
+        self.path = self.dir / RESULTS_FILE
+        self.per_user_dir = self.dir / "per_user"
+
+    def append(self, record: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(record, sort_keys=True, default=_json_default) + "\n").encode()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size:
+                os.lseek(fd, size - 1, os.SEEK_SET)
+                if os.read(fd, 1) != b"\n":  # a writer died mid-line: close that line off
+                    line = b"\n" + line
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def records(self, warn: bool = True) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        out = []
+        with open(self.path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                raw = raw.strip()
+                if not raw:
+                    continue
+                try:
+                    rec = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    if warn:
+                        print(f"warning: {self.path}:{n}: skipping an incomplete record "
+                              f"(a writer was interrupted)", file=sys.stderr)
+                    continue
+                if isinstance(rec, dict) and "job_id" in rec:
+                    out.append(rec)
+        return out
+
+    def finished_ids(self, retry_failed: bool = False) -> set[str]:
+        done = set()
+        for rec in self.records():
+            if rec.get("status") == "ok" or (rec.get("status") == "failed" and not retry_failed):
+                done.add(rec["job_id"])
+        return done
+
+    def save_per_user(self, job_id: str, users: np.ndarray, vectors: dict[str, np.ndarray]) -> str:
+        self.per_user_dir.mkdir(parents=True, exist_ok=True)
+        path = self.per_user_dir / f"{job_id}.npz"
+        fd, tmp = tempfile.mkstemp(dir=self.per_user_dir, suffix=".npz.tmp")
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, users=users, **{k.replace("@", "_at_"): v for k, v in vectors.items()})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return str(path.relative_to(self.dir))
+
+    def load_per_user(self, job_id: str) -> dict[str, np.ndarray]:
+        with np.load(self.per_user_dir / f"{job_id}.npz") as z:
+            return {k.replace("_at_", "@"): z[k] for k in z.files}
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)

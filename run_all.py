@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Run every model over the datasets under the paper's protocols and write the tables.
+
+    python run_all.py --protocol new_items
+    python run_all.py --protocol missing --datasets tiktok --models LightGCN,MFBPR \\
+        --data-root ../shared/data/reference --seeds 999,42,2023 --set epochs=15
+    python run_all.py --list-models
+
+Without real data under --data-root, the paper's datasets fall back to synthetic replicas
+with a capped schedule and one seed; the banner and every table say so.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmarks.config import ConfigError, parse_sets
+from benchmarks.protocols import ALL_PROTOCOL_NAMES, PROTOCOLS, ProtocolError
+from benchmarks.report import write_tables
+from benchmarks.runner import RunOptions, execute, plan, print_banner
+from benchmarks.store import ResultStore
+from data_prep.errors import DataError
+from models.registry import UnknownModelError, entries, names
+
+DEFAULT_DATASETS = ("baby", "sports", "clothing", "tiktok")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", default="missing", choices=list(ALL_PROTOCOL_NAMES) + ["all"],
+                   help="evaluation protocol (default: missing)")
+    p.add_argument("--datasets", default=",".join(DEFAULT_DATASETS),
+                   help="comma-separated dataset names (folders under --data-root) or synthetic:<kind>")
+    p.add_argument("--models", default=None, help="comma-separated model names (default: every registered model)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: 999,42,2023,2024,2025)")
+    p.add_argument("--data-root", default="data", help="folder holding <dataset>/ folders (default: data)")
+    p.add_argument("--quick", action="store_true", help="small synthetic replicas and a capped schedule")
+    p.add_argument("--full", action="store_true", help="full-scale replicas and the full schedule even without real data")
+    p.add_argument("--scale", type=float, default=None, help="scale factor of synthetic replicas (0, 1]")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration value (repeatable); values are YAML")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes (default 1; 0 runs jobs inside this process)")
+    p.add_argument("--results-dir", default="results", help="where results.jsonl and tables go")
+    p.add_argument("--cache-dir", default="cache", help="cache of derived artefacts (graphs, masks)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun jobs recorded as failed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--list-models", action="store_true", help="list registered models and exit")
+    return p.parse_args(argv)
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list_models:
+        width = max(len(n) for n in names())
+        for e in entries():
+            print(f"{e.name:<{width}}  {e.group}")
+        return 0
+    try:
+        if args.jobs < 0:
+            raise ValueError(f"--jobs must be >= 0, got {args.jobs}")
+        if args.scale is not None and not 0 < args.scale <= 1:
+            raise ValueError(f"--scale must lie in (0, 1], got {args.scale}")
+        try:
+            seeds = [int(s) for s in _csv(args.seeds)] or None
+        except ValueError:
+            raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+        protocols = [p for p in ALL_PROTOCOL_NAMES if p in PROTOCOLS] if args.protocol == "all" else [args.protocol]
+        models = _csv(args.models) or names()
+        opts = RunOptions(protocols=protocols, datasets=_csv(args.datasets), models=models, seeds=seeds,
+                          data_root=args.data_root, quick=args.quick, full=args.full, sets=parse_sets(args.sets),
+                          jobs=args.jobs, results_dir=args.results_dir, cache_dir=args.cache_dir, scale=args.scale,
+                          retry_failed=args.retry_failed, progress=not args.no_progress)
+        p = plan(opts)
+    except (UnknownModelError, ConfigError, ProtocolError, DataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_banner(p, protocols, models)
+    store = ResultStore(args.results_dir)
+    try:
+        counts = execute(p.jobs, store, n_workers=args.jobs, progress=opts.progress, retry_failed=args.retry_failed)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished jobs are in the store; rerun the same command to resume", file=sys.stderr)
+        return 130
+    planned = {j["job_id"] for j in p.jobs}
+    records = [r for r in store.records() if r["job_id"] in planned]
+    written = write_tables(records, Path(args.results_dir), protocols)
+    failed = [r for r in records if r.get("status") == "failed"]
+    print(f"jobs: {counts['planned']} planned, {counts['skipped']} already done, {counts['ok']} ok, "
+          f"{counts['failed']} failed now; {len(failed)} failed in the store")
+    for r in failed[:10]:
+        print(f"  failed: {r['model']} on {r['dataset']} seed {r['seed']}: {r.get('error', '?')}")
+    print("tables: " + ", ".join(str(w) for w in written if w.suffix == ".md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
