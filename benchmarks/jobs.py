@@ -54,10 +54,10 @@ def resolve_dataset(name: str, data_root: str | Path, scale: float) -> tuple[Dat
     """
     if name.startswith(SYNTHETIC_PREFIX):
         kind = name[len(SYNTHETIC_PREFIX):]
-        from data_prep.synthetic import REPLICA_SHAPES
-        if kind not in REPLICA_SHAPES:
+        from data_prep.synthetic import KINDS
+        if kind not in KINDS:
             raise ValueError(f"unknown synthetic replica {name!r}; known: "
-                             + ", ".join(f"synthetic:{k}" for k in REPLICA_SHAPES))
+                             + ", ".join(f"synthetic:{k}" for k in KINDS))
         return DatasetRef(name, kind, "synthetic", None, scale), False
     folder = Path(data_root) / name
     if folder.is_dir():
@@ -69,11 +69,12 @@ def resolve_dataset(name: str, data_root: str | Path, scale: float) -> tuple[Dat
 
 
 def data_label(folder: Path) -> str:
-    """``real`` or ``reference`` (surrogate features), from a SOURCE file or the folder's parent name."""
-    source_file = folder / "SOURCE"
-    if source_file.is_file():
-        text = source_file.read_text().lower()
-        return "reference" if "reference" in text else "real"
+    """``real`` or ``reference`` (surrogate features): the folder's SOURCE record written by
+    ``python -m data_prep import``, else whether it lies in a folder named ``reference``."""
+    from data_prep.download import read_source
+    kind = read_source(folder).get("kind")
+    if kind in ("real", "reference"):
+        return kind
     return "reference" if folder.resolve().parent.name == "reference" else "real"
 
 

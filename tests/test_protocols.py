@@ -1,0 +1,119 @@
+"""Protocols: masking and imputation before any model, split counts against the spec."""
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.lightgcn import LightGCN
+from baselines.mfbpr import MFBPR
+from benchmarks.protocols import get_protocol, impute_features, ProtocolError, normalize_imputation
+from data_prep.dataset import load_folder
+from models.base import Recommender
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
+needs_reference = pytest.mark.skipif(not (REFERENCE / "tiktok").is_dir(), reason="reference data not beside the repo")
+
+
+class FeatureModel(Recommender):
+    """Stands in for any feature-using model: the protocol only looks at class attributes."""
+    uses_features = True
+
+
+class NativeModel(Recommender):
+    uses_features = True
+    handles_missing = "native"
+
+
+@pytest.fixture(scope="module")
+def tiktok():
+    return load_folder(REFERENCE, "tiktok", source="reference")
+
+
+def test_impute_mean_zero_and_exclusion():
+    x = np.array([[1., 2.], [3., 4.], [100., 100.], [5., 6.]], np.float32)
+    miss = np.array([False, False, True, False])
+    new = np.array([False, False, False, True])
+    out = impute_features(x, miss, "mean")
+    assert out[2].tolist() == [3., 4.]  # mean of rows 0, 1, 3
+    out = impute_features(x, miss, "mean", exclude=new)
+    assert out[2].tolist() == [2., 3.]  # new item 3 left out of the mean
+    assert impute_features(x, miss, "zero")[2].tolist() == [0., 0.]
+    assert x[2].tolist() == [100., 100.]  # the input is never modified
+    assert normalize_imputation(1) == "mean" and normalize_imputation(0) == "zero"
+    with pytest.raises(ProtocolError, match="missing_imputation"):
+        normalize_imputation("median")
+
+
+@needs_reference
+@pytest.mark.parametrize("protocol", ["missing", "new_items"])
+@pytest.mark.parametrize("model_cls", [FeatureModel, NativeModel])
+def test_true_values_of_masked_features_never_reach_a_model(tiktok, protocol, model_cls):
+    clean = get_protocol(protocol).build_task(tiktok, {}, model_cls, 0.6)
+    poisoned = copy.copy(tiktok)
+    poisoned.features = {m: x.copy() for m, x in tiktok.features.items()}
+    for m, x in poisoned.features.items():
+        rows = clean.missing[m]
+        assert rows.sum() > 2000
+        x[rows[: len(x)]] = np.float32(3e38)
+        x[np.flatnonzero(rows)[::2]] = np.nan
+    task = get_protocol(protocol).build_task(poisoned, {}, model_cls, 0.6)
+    for m in tiktok.modalities:
+        assert torch.isfinite(task.features[m]).all()
+        assert torch.equal(task.features[m], clean.features[m])
+        if model_cls is NativeModel:
+            assert (task.features[m][torch.from_numpy(clean.missing[m])] == 0).all()
+
+
+@needs_reference
+def test_missing_protocol_counts(tiktok):
+    task = get_protocol("missing").build_task(tiktok, {}, LightGCN, 0.6)
+    assert task.features == {}  # a collaborative model gets no features at all
+    assert len(task.train_users) == 59541
+    assert (len(task.valid), len(task.test)) == (6125, 3046)  # cold-start users dropped
+    assert task.missing["v"].sum() == 1343 + 447 + 447 + 448  # all, v, tv, va
+    assert not task.new_items.any()
+
+
+@needs_reference
+def test_new_items_protocol_counts_match_spec(tiktok):
+    """Spec 4(b): TikTok test set has 13,238 interactions for 4,316 users; 5,668 validation users."""
+    task = get_protocol("new_items").build_task(tiktok, {}, MFBPR, 0.6)
+    assert len(task.train_users) == 48292
+    assert not task.new_items[task.train_items].any()  # no training row of a new item
+    assert (len(task.test), task.test.n_interactions) == (4316, 13238)
+    assert len(task.valid) == 5668
+    # every training row of the full file whose item is new was moved into the test set
+    full = tiktok.inter
+    moved = (full.labels == 0) & task.new_items[full.items]
+    assert moved.sum() == 11249  # spec 1.3: rows removed from the full file to make tiktok_del.inter
+
+
+@needs_reference
+def test_new_item_mean_excludes_new_items(tiktok):
+    task = get_protocol("new_items").build_task(tiktok, {}, FeatureModel, 0.6)
+    miss, new = task.missing["t"], task.new_items
+    expected = tiktok.features["t"][~miss & ~new].mean(axis=0)
+    got = task.features["t"][torch.from_numpy(miss)][0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@needs_reference
+def test_missing_level_groups_match_spec(tiktok):
+    """Spec 4(c): TikTok 0.6 test interactions by level: 1087 / 607 / 753 / 599."""
+    task = get_protocol("missing_level").build_task(tiktok, {}, LightGCN, 0.6)
+    counts = [task.extra_eval[f"test_level{lv}"].n_interactions for lv in range(4)]
+    assert counts == [1087, 607, 753, 599]
+
+
+@needs_reference
+def test_ratio_zero_means_no_masking(tiktok):
+    task = get_protocol("missing").build_task(tiktok, {}, FeatureModel, 0.0)
+    assert not any(m.any() for m in task.missing.values())
+    assert torch.equal(task.features["v"], torch.from_numpy(tiktok.features["v"]))
+
+
+def test_unknown_protocol():
+    with pytest.raises(ProtocolError, match="unknown protocol"):
+        get_protocol("nope")

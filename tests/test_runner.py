@@ -1,0 +1,162 @@
+"""The runner end to end: external models, grids chosen by validation, failures, resume after a kill."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import run_all
+from benchmarks.config import ConfigError, check_sets, expand_grid, parse_sets, resolve
+from benchmarks.report import select_grid, write_tables
+from benchmarks.runner import RunOptions, execute, plan
+from benchmarks.store import ResultStore
+from models.base import Recommender
+from models.losses import bpr_loss
+from models.registry import UnknownModelError, get, register
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@register("TestPopularity", defaults={"pop_weight": [0.0, 1.0]})
+class PopularityModel(Recommender):
+    """Registered here, outside the model packages: scores = learned bias + pop_weight * popularity."""
+    group = "collaborative"
+    uses_features = False
+
+    def __init__(self, config, task):
+        super().__init__(config, task)
+        self.bias = nn.Parameter(torch.zeros(self.n_items))
+        self.pop = torch.from_numpy(task.item_degree()).float()
+        self.pop_weight = float(config["pop_weight"])
+
+    def scores(self):
+        return self.bias + self.pop_weight * self.pop
+
+    def calculate_loss(self, users, pos, neg):
+        s = self.scores()
+        return bpr_loss(s[pos], s[neg])
+
+    def full_sort_predict(self, users):
+        return self.scores().expand(len(users), -1)
+
+
+@register("TestExploding", defaults={})
+class ExplodingModel(PopularityModel):
+    def __init__(self, config, task):
+        config = dict(config, pop_weight=0.0)
+        super().__init__(config, task)
+
+    def calculate_loss(self, users, pos, neg):
+        return self.bias.sum() * float("nan")
+
+
+def _opts(tmp_path, models, **kw):
+    base = dict(protocols=["missing"], datasets=["synthetic:tiktok"], models=models, seeds=[1, 2],
+                data_root=str(tmp_path / "nodata"), quick=True, scale=0.03, results_dir=str(tmp_path / "res"),
+                cache_dir=str(tmp_path / "cache"), jobs=0, progress=False, sets={"epochs": 2})
+    base.update(kw)
+    return RunOptions(**base)
+
+
+def test_external_model_runs_through_runner_and_grid_is_chosen_by_validation(tmp_path):
+    opts = _opts(tmp_path, ["TestPopularity"])
+    p = plan(opts)
+    assert len(p.jobs) == 4  # 2 seeds x 2 grid settings
+    assert {j["config"]["pop_weight"] for j in p.jobs} == {0.0, 1.0}
+    store = ResultStore(opts.results_dir)
+    counts = execute(p.jobs, store, n_workers=0, progress=False)
+    assert counts["ok"] == 4
+    recs = store.records()
+    for r in recs:
+        for key in ("model", "dataset", "protocol", "missing_ratio", "seed", "status", "best_epoch", "valid", "test",
+                    "train_seconds_per_epoch", "eval_seconds", "peak_memory_mb", "config", "fingerprint",
+                    "code_version"):
+            assert key in r, key
+        assert "recall@20" in r["test"] and r["data_source"] == "synthetic"
+    chosen = select_grid(recs)
+    assert len(chosen) == 2
+    for c in chosen:
+        group = [r for r in recs if r["grid_group"] == c["grid_group"]]
+        assert c["valid"]["recall@20"] == max(r["valid"]["recall@20"] for r in group)
+    # rerun: nothing left to do
+    assert execute(plan(opts).jobs, store, n_workers=0, progress=False)["skipped"] == 4
+    files = write_tables(recs, tmp_path / "tables", ["missing"])
+    md = (tmp_path / "tables" / "missing.md").read_text()
+    assert "TestPopularity" in md and "SYNTHETIC" in md
+    assert any(f.suffix == ".tex" for f in files)
+
+
+def test_nan_loss_is_recorded_and_grid_goes_on(tmp_path):
+    opts = _opts(tmp_path, ["TestExploding", "MFBPR"], seeds=[1], sets={"epochs": 1, "reg_weight": 0.1})
+    store = ResultStore(opts.results_dir)
+    execute(plan(opts).jobs, store, n_workers=0, progress=False)
+    by_model = {r["model"]: r for r in store.records()}
+    assert by_model["TestExploding"]["status"] == "failed"
+    assert "non-finite training loss" in by_model["TestExploding"]["error"]
+    assert by_model["TestExploding"]["failed_epoch"] == 0
+    assert by_model["MFBPR"]["status"] == "ok"
+
+
+def test_unknown_model_and_bad_flags():
+    with pytest.raises(UnknownModelError, match="known models: .*LightGCN"):
+        get("LightGCNN")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_sets(["epochs"])
+    with pytest.raises(ConfigError, match="unknown configuration key"):
+        check_sets({"epochz": 3}, [get("LightGCN")])
+    assert run_all.main(["--models", "Nope", "--no-progress"]) == 2
+    assert run_all.main(["--set", "learning_rat=1", "--models", "MFBPR", "--no-progress"]) == 2
+    with pytest.raises(SystemExit):
+        run_all.main(["--protocol", "bogus"])
+
+
+def test_config_layering_order():
+    lgcn = get("LightGCN")
+    amazon = resolve(lgcn, "baby")
+    assert (amazon["n_ui_layers"], amazon["reg_weight"], amazon["eval_step"]) == (3, 1e-4, 3)
+    tiktok = resolve(lgcn, "tiktok")  # dataset layer, then the model's best values
+    assert (tiktok["n_ui_layers"], tiktok["reg_weight"], tiktok["eval_step"], tiktok["train_batch_size"]) == \
+        (2, 0.0, 1, 4096)
+    assert resolve(lgcn, "tiktok", {"reg_weight": 0.5})["reg_weight"] == 0.5  # --set wins
+    quick = resolve(lgcn, "tiktok", {"epochs": 2}, quick=True)
+    assert quick["epochs"] == 2 and quick["stopping_step"] == 3
+    grid = expand_grid(resolve(get("MFBPR"), "tiktok"))
+    assert sorted(s["reg_weight"] for s in grid) == [0.001, 0.01, 0.1, 1.0, 2.0]
+    assert all(s["topk"] == [5, 10, 20, 50] for s in grid)  # list_keys are values, not grids
+
+
+def test_list_models_shows_groups(capsys):
+    assert run_all.main(["--list-models"]) == 0
+    out = capsys.readouterr().out
+    assert "MFBPR" in out and "collaborative" in out
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses POSIX signals")
+def test_killed_grid_resumes_with_every_job_exactly_once(tmp_path):
+    """Kill the runner while jobs are running, rerun it: every job ends up in the store exactly once."""
+    cmd = [sys.executable, "run_all.py", "--protocol", "missing", "--datasets", "synthetic:tiktok",
+           "--models", "MFBPR", "--seeds", "1,2,3,4", "--quick", "--scale", "0.03", "--set", "epochs=6",
+           "--set", "max_train_seconds=null", "--data-root", str(tmp_path / "nodata"), "--results-dir",
+           str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--jobs", "1"]
+    results = tmp_path / "res" / "results.jsonl"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if results.exists() and results.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker, mid-grid
+    proc.wait()
+    first = results.read_text().count("\n")
+    assert 2 <= first < 20, "the kill should land mid-grid"
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = [json.loads(line)["job_id"] for line in results.read_text().splitlines() if line.strip()]
+    assert len(ids) == 20 and len(set(ids)) == 20  # 4 seeds x 5 reg_weight settings, once each
