@@ -89,6 +89,8 @@ def plan(opts: RunOptions) -> Plan:
                                           "missing_ratio": ratio, "seed": seed, "config": cfg,
                                           "fingerprint": fingerprint}
                         settings = expand_grid(cfg, entry.cls.list_params)
+                        if cfg.get("grid_limit"):  # quick runs train only the first grid setting(s)
+                            settings = settings[:int(cfg["grid_limit"])]
                         for setting in settings:
                             setting = dict(setting, seed=seed, missing_ratio=ratio)
                             identity = dict(group_identity, config=setting)

@@ -117,3 +117,31 @@ def test_ratio_zero_means_no_masking(tiktok):
 def test_unknown_protocol():
     with pytest.raises(ProtocolError, match="unknown protocol"):
         get_protocol("nope")
+
+
+@needs_reference
+def test_masked_and_unmasked_runs_never_share_a_cached_artefact(tiktok, tmp_path):
+    from benchmarks.cache import ArtifactCache
+    from models.graphs import knn_graph, ui_adjacency
+
+    cache = ArtifactCache(tmp_path / "cache")
+    full = get_protocol("missing").build_task(tiktok, {}, FeatureModel, 0.0, cache=cache)
+    masked = get_protocol("missing").build_task(tiktok, {}, FeatureModel, 0.6, cache=cache)
+    new = get_protocol("new_items").build_task(tiktok, {}, FeatureModel, 0.6, cache=cache)
+
+    def graph(task):
+        return task.cached("knn", {"k": 10}, ("features:a", "missing"), lambda: knn_graph(task.features["a"], 10))
+
+    g_full, g_masked = graph(full), graph(masked)
+    assert cache.misses == 2 and cache.hits == 0  # different inputs, different keys
+    assert (g_full != g_masked).nnz > 0
+    graph(masked)
+    assert cache.hits == 1
+    # a fresh process-level cache reads the same files back from disk
+    again = ArtifactCache(tmp_path / "cache")
+    masked.cache = again
+    assert (graph(masked) != g_masked).nnz == 0 and again.hits == 1
+    # the user-item adjacency of the new-item split is not the full one
+    ui_adjacency(full), ui_adjacency(new)
+    assert [k for k, _, status in cache.log if k == "ui_sym"].count("ui_sym") == 2
+    assert len({key for kind, key, _ in cache.log if kind == "ui_sym"}) == 2

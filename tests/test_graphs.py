@@ -1,0 +1,79 @@
+"""Shared graph and loss blocks against dense computations written out by hand."""
+import numpy as np
+import pytest
+import torch
+
+from models.graphs import bipartite, knn_graph, lightgcn, sym_normalize, to_torch_sparse
+from models.losses import bpr_loss, emb_norm, info_nce, squared_l2
+
+
+def dense_knn(x, k, before=None, after=None):
+    """The reference recipe with a dense n x n matrix (only for tiny n)."""
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    s = xn @ xn.T
+    if before is not None:
+        s[:, before] = 0
+        s[before, :] = 0
+        s[before, before] = 1
+    kept = np.zeros_like(s)
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    np.put_along_axis(kept, idx, np.take_along_axis(s, idx, axis=1), axis=1)
+    if after is not None:
+        kept[:, after] = 0
+        kept[after, :] = 0
+        kept[after, after] = 1
+    d = kept.sum(axis=1)
+    inv = np.where(d > 0, np.clip(d, 1e-7, None) ** -0.5, 0)
+    return inv[:, None] * kept * inv[None, :]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, None])
+@pytest.mark.parametrize("mode", ["none", "before", "after"])
+def test_knn_graph_matches_dense_recipe(chunk, mode):
+    rng = np.random.default_rng(0)
+    x = rng.random((11, 6)).astype(np.float32) + 0.05  # positive: no ties at zero similarity
+    flags = np.zeros(11, bool)
+    flags[[2, 7]] = True
+    kw = {"before": {"isolate_before": flags}, "after": {"isolate_after": flags}}.get(mode, {})
+    got = knn_graph(x, 4, chunk_rows=chunk, **kw).toarray()
+    want = dense_knn(x.astype(np.float64), 4, before=flags if mode == "before" else None,
+                     after=flags if mode == "after" else None)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    if mode != "none":
+        assert got[2, 2] == pytest.approx(1.0) and np.count_nonzero(got[2]) == 1  # isolated: self-loop only
+        assert np.count_nonzero(got[:, 7]) == 1
+    if mode == "before":
+        assert all(np.count_nonzero(got[i]) == 4 for i in range(11) if not flags[i])  # re-selected neighbours
+
+
+def test_ui_adjacency_and_lightgcn():
+    users, items = np.array([0, 0, 1]), np.array([0, 1, 1])
+    a = bipartite(2, 2, users, items).toarray()
+    assert a.tolist() == [[0, 0, 1, 1], [0, 0, 0, 1], [1, 0, 0, 0], [1, 1, 0, 0]]
+    norm = sym_normalize(a).toarray()
+    deg = a.sum(1) + 1e-7
+    np.testing.assert_allclose(norm, a / np.sqrt(np.outer(deg, deg)), rtol=1e-6)
+    e0 = torch.arange(8, dtype=torch.float32).reshape(4, 2)
+    adj = to_torch_sparse(norm)
+    got = lightgcn(adj, e0, 2)
+    n = torch.tensor(norm, dtype=torch.float32)
+    np.testing.assert_allclose(got.numpy(), ((e0 + n @ e0 + n @ n @ e0) / 3).numpy(), rtol=1e-5)
+
+
+def test_losses_by_hand():
+    pos, neg = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
+    want = -(np.log(1 / (1 + np.exp(-1.0))) + np.log(1 / (1 + np.exp(1.0)))) / 2
+    assert bpr_loss(pos, neg).item() == pytest.approx(want, rel=1e-6)
+    assert bpr_loss(pos, neg, gamma=1e-10).item() == pytest.approx(want, rel=1e-6)
+    a, b = torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert emb_norm(a, b).item() == pytest.approx((5 + np.sqrt(5)) / 2)
+    assert squared_l2(a, b, batch_size=4).item() == pytest.approx(0.5 * (25 + 5) / 4)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    t = 0.5
+    yn = y / y.norm(dim=1, keepdim=True)
+    logits = (x @ yn.T / t).numpy()
+    want = np.mean([np.log(np.exp(logits[r]).sum()) - logits[r, r] for r in range(2)])
+    assert info_nce(x, y, t).item() == pytest.approx(want, rel=1e-5)
+    want_eps = np.mean([-np.log(np.exp(logits[r, r]) / (np.exp(logits[r]).sum() + 1e-9) + 1e-9) for r in range(2)])
+    assert info_nce(x, y, t, eps=1e-9).item() == pytest.approx(want_eps, rel=1e-5)
