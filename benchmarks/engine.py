@@ -72,7 +72,11 @@ def lr_factor(scheduler) -> callable:
     return lambda epoch: gamma ** (epoch / step)
 
 
-def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, progress=None) -> TrainResult:
+def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, progress=None,
+                       analyses: dict | None = None) -> TrainResult:
+    """Train ``model`` on ``task``; ``analyses`` (name -> object with ``capture(model)`` and
+    ``finalize(captured)``) capture what they need from the model at every best-validation
+    evaluation and are scored once at the end (e.g. cross-modal retrieval)."""
     epochs = int(config["epochs"])
     eval_step = int(config["eval_step"])
     stopping_step = int(config["stopping_step"])
@@ -89,6 +93,8 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
     sampler = BPRSampler(task, rng)
     max_seconds = config.get("max_train_seconds")
     result = TrainResult()
+    analyses = analyses or {}
+    captured: dict = {}
     best_score, bad_evals = -math.inf, 0
     started = time.perf_counter()
     for epoch in range(epochs):
@@ -126,6 +132,8 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
                     if len(eval_set):
                         result.extra[name], _, _ = evaluator.evaluate(model, eval_set)
                         result.extra_counts[name] = (len(eval_set), eval_set.n_interactions)
+                for name, analysis in analyses.items():
+                    captured[name] = analysis.capture(model)
             else:
                 bad_evals += 1
             if progress is not None:
@@ -148,4 +156,9 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
         result.valid_eval_seconds.append(v_sec)
         result.test_eval_seconds.append(t_sec)
         result.best_epoch = result.epochs_run - 1
+        for name, analysis in analyses.items():
+            captured[name] = analysis.capture(model)
+    for name, analysis in analyses.items():
+        if name in captured:
+            result.extra[name] = analysis.finalize(captured[name])
     return result

@@ -203,7 +203,8 @@ def run_job(spec: dict, progress: bool = False) -> dict:
                 from tqdm import tqdm
                 bar = tqdm(total=int(cfg["epochs"]), desc=f"{spec['model']}/{spec['dataset']}/s{spec['seed']}",
                            unit="ep", leave=False, dynamic_ncols=True)
-            result = train_and_evaluate(model, task, cfg, rng, progress=bar)
+            result = train_and_evaluate(model, task, cfg, rng, progress=bar,
+                                        analyses=protocol.analyses(dataset, task, entry.cls))
             _fill(record, result)
             record["status"] = "ok"
             record["eval_counts"] = {"valid": [len(task.valid), task.valid.n_interactions],

@@ -87,10 +87,21 @@ def _draw_ratio(ratio: float) -> float:
 class Protocol:
     name = ""
     description = ""
+    # The protocol whose training jobs this one runs. The missing-family protocols (level,
+    # ratio) train ordinary ``missing`` jobs, so their jobs share ids and records in the store.
+    job_protocol = ""
 
     def ratios(self, dataset: Dataset, config: dict) -> list[float]:
         """The missing ratios this protocol runs a dataset at (one job per ratio)."""
         return [resolve_ratio(dataset, config.get("missing_ratio", "auto"))]
+
+    def accepts(self, model_cls) -> bool:
+        """Whether the protocol applies to a model (retrieval needs generated features)."""
+        return True
+
+    def analyses(self, dataset: Dataset, task: Task, model_cls) -> dict:
+        """Post-hoc analyses of a trained model that need data the model must never see."""
+        return {}
 
     # -- the pieces each protocol combines
     def split(self, dataset: Dataset) -> tuple[Interactions, EvalSet, EvalSet, np.ndarray, dict]:
@@ -123,9 +134,11 @@ class Protocol:
         content["train"] = sha256_arrays(tr_users, tr_items, np.array([dataset.n_users, dataset.n_items]))
         content["missing"] = sha256_arrays(*[missing[m] for m in mod_codes])
         content["new_items"] = sha256_arrays(new_items)
-        extra_eval = {name: build(test, groups, dataset.n_items) for name, build in extra.items()}
+        extra_eval = {}
+        for build in extra.values():
+            extra_eval.update(build(test, groups, dataset.n_items))
         return Task(
-            dataset=dataset.name, dataset_kind=dataset.kind, protocol=self.name,
+            dataset=dataset.name, dataset_kind=dataset.kind, protocol=self.job_protocol,
             n_users=dataset.n_users, n_items=dataset.n_items,
             train_users=tr_users, train_items=tr_items, features=features, modalities=modalities,
             missing=missing, mask_groups=groups, new_items=new_items, valid=valid, test=test,
@@ -181,6 +194,7 @@ def train_counts_full(dataset: Dataset, fallback: np.ndarray) -> np.ndarray:
 
 class MissingProtocol(Protocol):
     name = "missing"
+    job_protocol = "missing"
     description = "missing modalities (paper Table 1)"
 
     def split(self, dataset: Dataset):
@@ -192,26 +206,37 @@ class MissingProtocol(Protocol):
         tr_u, _ = inter.split(0)
         valid = EvalSet.from_pairs("valid", *_cold_start_filter(*inter.split(1), tr_u, dataset.n_users))
         test = EvalSet.from_pairs("test", *_cold_start_filter(*inter.split(2), tr_u, dataset.n_users))
-        return inter, valid, test, np.zeros(dataset.n_items, dtype=bool), self.extra_sets()
+        return inter, valid, test, np.zeros(dataset.n_items, dtype=bool), {"levels": missing_level_sets}
 
-    def extra_sets(self) -> dict:
+
+    def analyses(self, dataset: Dataset, task: Task, model_cls) -> dict:
+        from .retrieval import RetrievalAnalysis
+        if dataset.features and task.missing_modal and RetrievalAnalysis.applies_to(model_cls):
+            return {"retrieval": RetrievalAnalysis(dataset.features, task.mask_groups, dataset.n_items,
+                                                   dataset.modalities)}
         return {}
 
 
+def missing_level_sets(test: EvalSet, groups: dict, n_items: int) -> dict[str, EvalSet]:
+    """Test interactions grouped by the number of missing modalities of their item (spec 4c).
+
+    Each user's ground truth is restricted to their test items of one level; users without
+    such an item drop out; the ranking itself is unchanged.
+    """
+    n_mod = 3 if {"a", "tv", "ta", "va"} & set(groups) else 2
+    levels = mask_lib.missing_level(groups, n_items, n_mod)
+    return {f"test_level{lv}": test.restrict_items(f"test_level{lv}", levels == lv) for lv in range(n_mod + 1)}
+
+
 class MissingLevelProtocol(MissingProtocol):
+    """Trains exactly the ``missing`` jobs (same ids, shared in the store); reports per level."""
     name = "missing_level"
     description = "missing modalities, test interactions grouped by the number of missing modalities of their item"
-
-    def extra_sets(self) -> dict:
-        def level_set(level):
-            def build(test: EvalSet, groups: dict, n_items: int) -> EvalSet:
-                return test.restrict_items(f"test_level{level}", mask_lib.missing_level(groups, n_items) == level)
-            return build
-        return {f"test_level{lv}": level_set(lv) for lv in range(4)}
 
 
 class NewItemsProtocol(Protocol):
     name = "new_items"
+    job_protocol = "new_items"
     description = "missing modalities and new items (paper Table 2)"
 
     def split(self, dataset: Dataset):
@@ -258,8 +283,19 @@ class MissingRatioProtocol(MissingProtocol):
         return out
 
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (MissingProtocol(), NewItemsProtocol(),
-                                                      MissingLevelProtocol(), MissingRatioProtocol())}
+class RetrievalProtocol(MissingProtocol):
+    """Trains the ``missing`` jobs of models that generate missing features (DGMRec) and reports
+    cross-modal retrieval (spec 4e) from their best-validation state."""
+    name = "retrieval"
+    description = "cross-modal retrieval with generated features (Hit@10, Hit@20)"
+
+    def accepts(self, model_cls) -> bool:
+        from .retrieval import RetrievalAnalysis
+        return RetrievalAnalysis.applies_to(model_cls)
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (MissingProtocol(), NewItemsProtocol(), MissingLevelProtocol(),
+                                                      MissingRatioProtocol(), RetrievalProtocol())}
 ALL_PROTOCOL_NAMES = ("missing", "new_items", "missing_level", "missing_ratio", "retrieval")
 
 

@@ -82,10 +82,12 @@ def plan(opts: RunOptions) -> Plan:
             ds = load_dataset(ref)
             fingerprint = ds.fingerprint_digest()
             for entry in entries:
+                if not proto.accepts(entry.cls):
+                    continue
                 cfg = resolve(entry, ref.kind, opts.sets, d["quick"])
                 for ratio in proto.ratios(ds, cfg):
                     for seed in seeds:
-                        group_identity = {"model": entry.name, "dataset": ref.name, "protocol": proto.name,
+                        group_identity = {"model": entry.name, "dataset": ref.name, "protocol": proto.job_protocol,
                                           "missing_ratio": ratio, "seed": seed, "config": cfg,
                                           "fingerprint": fingerprint}
                         settings = expand_grid(cfg, entry.cls.list_params)
@@ -99,11 +101,15 @@ def plan(opts: RunOptions) -> Plan:
                                 "grid_keys": setting["grid_keys"], "grid_size": len(settings),
                                 "model": entry.name, "group": entry.group, "dataset": ref.name,
                                 "dataset_kind": ref.kind, "data_source": ref.source, "dataset_ref": spec_dict(ref),
-                                "protocol": proto.name, "missing_ratio": ratio, "seed": seed, "config": setting,
+                                "protocol": proto.job_protocol, "missing_ratio": ratio, "seed": seed, "config": setting,
                                 "fingerprint": fingerprint, "code_version": version,
                                 "results_dir": opts.results_dir, "cache_dir": opts.cache_dir,
                             })
-    return Plan(jobs, banner, datasets, seeds)
+    if not jobs and entries:
+        raise ValueError(f"no selected model applies to protocol(s) {', '.join(opts.protocols)} "
+                         f"(retrieval needs a model with generated_features(), such as DGMRec)")
+    unique = list({j["job_id"]: j for j in jobs}.values())  # protocols of one family share jobs
+    return Plan(unique, banner, datasets, seeds)
 
 
 def _worker_init(threads: int):
