@@ -63,7 +63,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> np.random.Generat
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     if deterministic:
+        # Multi-threaded CPU reductions vary in the last bits between runs: one thread is exact.
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.set_num_threads(1)
     return np.random.default_rng(seed)
 
 
