@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.config import ConfigError, parse_sets
 from benchmarks.protocols import ALL_PROTOCOL_NAMES, PROTOCOLS, ProtocolError
-from benchmarks.report import write_tables
+from benchmarks.report import write_report
 from benchmarks.runner import RunOptions, execute, plan, print_banner
 from benchmarks.store import ResultStore
 from data_prep.errors import DataError
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         return 130
     planned = {j["job_id"] for j in p.jobs}
     records = [r for r in store.records() if r["job_id"] in planned]
-    written = write_tables(records, Path(args.results_dir), protocols)
+    written = write_report(records, Path(args.results_dir), protocols, store)
     failed = [r for r in records if r.get("status") == "failed"]
     print(f"jobs: {counts['planned']} planned, {counts['skipped']} already done, {counts['ok']} ok, "
           f"{counts['failed']} failed now; {len(failed)} failed in the store")
