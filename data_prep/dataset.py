@@ -141,6 +141,11 @@ def read_inter(path: str | Path) -> Interactions:
                               f"(the header must name {list(REQUIRED_COLUMNS)}, tab-separated)")
     if len(df) == 0:
         raise DataError(path, "has a header but no rows")
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        if f.read(1) != b"\n":
+            raise DataError(path, "does not end with a newline: the file looks truncated (if it is complete, "
+                                  "add a final newline)")
     cols = {}
     for c in REQUIRED_COLUMNS:
         s = df[c]
@@ -149,7 +154,9 @@ def read_inter(path: str | Path) -> Interactions:
             raise DataError(path, f"column {c} has an empty or non-numeric value (line {row})")
         if not pd.api.types.is_integer_dtype(s):
             numeric = pd.to_numeric(s, errors="coerce")
-            bad = numeric.isna() | (numeric != np.floor(numeric))
+            with np.errstate(invalid="ignore"):
+                bad = numeric.isna() | ~np.isfinite(numeric) | (numeric != np.floor(numeric)) | \
+                    (numeric.abs() >= 2 ** 53)
             if bad.any():
                 row = int(np.flatnonzero(bad.to_numpy())[0])
                 raise DataError(path, f"column {c} has a non-integer value {s.iloc[row]!r} (line {row + 2})")
@@ -167,7 +174,9 @@ def read_inter(path: str | Path) -> Interactions:
     for label, split in ((0, "train"), (1, "valid"), (2, "test")):
         if not (labels == label).any():
             raise DataError(path, f"the {split} split (x_label={label}) is empty")
-    return Interactions(cols["userID"], cols["itemID"], labels.astype(np.int8), str(path))
+    inter = Interactions(cols["userID"], cols["itemID"], labels.astype(np.int8), str(path))
+    _check_id_scale(inter)
+    return inter
 
 
 def read_features(path: str | Path, n_items: int | None = None) -> np.ndarray:
@@ -281,14 +290,21 @@ def _check_inter_ranges(inter: Interactions, n_users: int, n_items: int) -> None
 
 
 def _check_contiguous(ids: np.ndarray, path, what: str) -> int:
-    n = int(ids.max()) + 1
-    present = np.zeros(n, dtype=bool)
-    present[ids] = True
-    if not present.all():
-        gap = int(np.flatnonzero(~present)[0])
-        raise DataError(path, f"{what} ids are not contiguous: id {gap} never occurs but the largest id is {n - 1} "
+    uniq = np.unique(ids)
+    if uniq[-1] != len(uniq) - 1:
+        gap = int(np.flatnonzero(uniq != np.arange(len(uniq)))[0])
+        raise DataError(path, f"{what} ids are not contiguous: id {gap} never occurs but the largest id is {uniq[-1]} "
                               f"(ids must be 0..n-1, as after MMRec re-indexing)")
-    return n
+    return len(uniq)
+
+
+def _check_id_scale(inter: Interactions) -> None:
+    """Ids far beyond the number of rows cannot come from a re-indexed file (and would make
+    every per-item array absurdly large)."""
+    for ids, what in ((inter.users, "user"), (inter.items, "item")):
+        if ids.max() >= len(inter) + 1:
+            raise DataError(inter.source, f"{what} id {ids.max()} exceeds the number of rows ({len(inter)}): "
+                                          f"ids must be re-indexed to 0..n-1")
 
 
 # --------------------------------------------------------------------------- folder loader
