@@ -160,3 +160,17 @@ def test_killed_grid_resumes_with_every_job_exactly_once(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     ids = [json.loads(line)["job_id"] for line in results.read_text().splitlines() if line.strip()]
     assert len(ids) == 20 and len(set(ids)) == 20  # 4 seeds x 5 reg_weight settings, once each
+
+
+def test_missing_family_protocols_share_training_jobs(tmp_path):
+    base = dict(datasets=["synthetic:tiktok"], models=["MFBPR"], seeds=[1], data_root=str(tmp_path / "none"),
+                quick=True, scale=0.03, results_dir=str(tmp_path / "r"), cache_dir=None, jobs=0, progress=False)
+    missing = {j["job_id"] for j in plan(RunOptions(protocols=["missing"], **base)).jobs}
+    level = {j["job_id"] for j in plan(RunOptions(protocols=["missing_level"], **base)).jobs}
+    ratio = plan(RunOptions(protocols=["missing_ratio"], **base)).jobs
+    combined = plan(RunOptions(protocols=["missing", "missing_level", "missing_ratio"], **base)).jobs
+    assert missing == level  # the level analysis reuses the missing runs
+    assert sorted(j["missing_ratio"] for j in ratio) == [0.0, 0.2, 0.4, 0.6, 0.8]  # official 0.6 is in the sweep
+    assert missing <= {j["job_id"] for j in ratio}
+    assert len(combined) == len(ratio)  # nothing is trained twice
+    assert all(j["protocol"] == "missing" for j in combined)
