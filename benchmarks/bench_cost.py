@@ -1,0 +1,96 @@
+"""Cost benchmark: training seconds per epoch, evaluation seconds and peak memory of every model.
+
+    python -m benchmarks.bench_cost                                  # reference TikTok, every model
+    python -m benchmarks.bench_cost --datasets synthetic:clothing --epochs 1
+    python -m benchmarks.bench_cost --datasets synthetic:elec --epochs 1 --models LightGCN,DGMRec
+
+Each (model, dataset) is one job of the ordinary runner (same code path as a real run: same
+protocol, graphs, training loop and evaluator), with a short schedule (``--epochs``, an
+evaluation after every epoch, no early stopping), run in its own worker process so that the
+peak resident memory is the job's own. Jobs are kept in ``<out>/results.jsonl``: an interrupted
+benchmark resumes. The table puts our figures next to the official implementation's
+(``tiktok-official-results.json``, measured on a 2-core CPU with the same schedule) with the
+ratio, and is written to ``<out>/cost_benchmark.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+from benchmarks.runner import RunOptions, execute, plan
+from benchmarks.store import ResultStore
+from models.registry import names
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
+OFFICIAL = SHARED / "tiktok-official-results.json"
+
+
+def official_costs() -> dict[str, dict]:
+    if not OFFICIAL.is_file():
+        return {}
+    out = {}
+    for rec in json.loads(OFFICIAL.read_text()):
+        if rec.get("train_seconds_per_epoch") is None or rec.get("seed") != 999:
+            continue
+        out[rec["model"]] = {"train": rec["train_seconds_per_epoch"], "eval": rec.get("test_eval_seconds"),
+                             "valid_eval": rec.get("valid_eval_seconds"), "peak": rec.get("peak_rss_mb"),
+                             "status": rec["status"]}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="tiktok")
+    ap.add_argument("--data-root", default=str(SHARED))
+    ap.add_argument("--models", default=None)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=999)
+    ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    args = ap.parse_args(argv)
+    from benchmarks.config import parse_sets
+    models = [m.strip() for m in args.models.split(",")] if args.models else names()
+    sets = {"epochs": args.epochs, "eval_step": 1, "stopping_step": 10 ** 6, **parse_sets(args.sets)}
+    opts = RunOptions(protocols=["missing"], datasets=[d.strip() for d in args.datasets.split(",")], models=models,
+                      seeds=[args.seed], data_root=args.data_root, full=True, sets=sets, jobs=1,
+                      results_dir=args.out, cache_dir=str(Path(args.out) / "cache"), progress=True)
+    p = plan(opts)
+    store = ResultStore(args.out)
+    execute(p.jobs, store, n_workers=1, progress=True)
+    planned = {j["job_id"] for j in p.jobs}
+    official = official_costs()
+    rows = []
+    for rec in store.records(warn=False):
+        if rec["job_id"] not in planned:
+            continue
+        off = official.get(rec["model"], {}) if rec.get("dataset_kind") == "tiktok" and \
+            rec.get("data_source") == "reference" else {}
+        ours = rec.get("train_seconds_per_epoch")
+        rows.append({
+            "model": rec["model"], "dataset": rec["dataset"], "status": rec["status"],
+            "train s/epoch": ours, "official s/epoch": off.get("train"),
+            "ratio": round(ours / off["train"], 3) if ours and off.get("train") else None,
+            "eval s (test)": rec.get("eval_seconds"), "official eval s": off.get("eval"),
+            "peak MB": rec.get("peak_memory_mb"), "official peak MB": off.get("peak"),
+            "error": (rec.get("error") or "")[:80],
+        })
+    rows.sort(key=lambda r: (r["dataset"], models.index(r["model"]) if r["model"] in models else 99))
+    table = tabulate(rows, headers="keys", tablefmt="github", floatfmt=".3g", missingval="–")
+    ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
+    summary = (f"\n{len(rows)} jobs; median ratio ours/official training s/epoch: {np.median(ratios):.3f}"
+               if ratios else "")
+    text = (f"**Cost benchmark: {args.epochs} epoch(s), evaluation after each, seed {args.seed}, "
+            f"missing protocol. Official figures: 2-core CPU, same schedule.**\n\n{table}\n{summary}\n")
+    out = Path(args.out) / "cost_benchmark.md"
+    out.write_text(text)
+    print(text)
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
