@@ -99,56 +99,64 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
     captured: dict = {}
     best_score, bad_evals = -math.inf, 0
     started = time.perf_counter()
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        model.train()
-        model.pre_epoch(epoch)
-        total = 0.0
-        for users, pos, neg in sampler.epoch(batch_size, device=task.device):
-            loss = model.calculate_loss(users, pos, neg)
-            if not torch.isfinite(loss):
-                raise TrainingFailure(f"non-finite training loss ({loss.item()}) at epoch {epoch}", epoch, result)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-        scheduler.step()
-        result.train_seconds.append(time.perf_counter() - t0)
-        result.epochs_run = epoch + 1
-        point = {"epoch": epoch, "train_loss": round(total, 4)}
-        if (epoch + 1) % eval_step == 0:
-            model.pre_evaluation()
-            valid, _, v_sec = evaluator.evaluate(model, task.valid)
-            test, test_users_metrics, t_sec = evaluator.evaluate(model, task.test)
-            result.valid_eval_seconds.append(v_sec)
-            result.test_eval_seconds.append(t_sec)
-            point.update({f"valid_{valid_metric}": round(valid[valid_metric], 4),
-                          "test_recall@20": round(test.get("recall@20", float("nan")), 4),
-                          "test_ndcg@20": round(test.get("ndcg@20", float("nan")), 4)})
-            score = round(valid[valid_metric], 4)
-            if score > best_score:
-                best_score, bad_evals = score, 0
-                result.best_epoch, result.valid, result.test = epoch, valid, test
-                result.test_per_user, result.test_users = test_users_metrics, task.test.users
-                for name, eval_set in task.extra_eval.items():
-                    if len(eval_set):
-                        result.extra[name], _, _ = evaluator.evaluate(model, eval_set)
-                        result.extra_counts[name] = (len(eval_set), eval_set.n_interactions)
-                for name, analysis in analyses.items():
-                    captured[name] = analysis.capture(model)
-            else:
-                bad_evals += 1
+    epoch = 0
+    try:
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            model.train()
+            model.pre_epoch(epoch)
+            total = 0.0
+            for users, pos, neg in sampler.epoch(batch_size, device=task.device):
+                loss = model.calculate_loss(users, pos, neg)
+                if not torch.isfinite(loss):
+                    raise TrainingFailure(f"non-finite training loss ({loss.item()}) at epoch {epoch}", epoch, result)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+            scheduler.step()
+            result.train_seconds.append(time.perf_counter() - t0)
+            result.epochs_run = epoch + 1
+            point = {"epoch": epoch, "train_loss": round(total, 4)}
+            if (epoch + 1) % eval_step == 0:
+                model.pre_evaluation()
+                valid, _, v_sec = evaluator.evaluate(model, task.valid)
+                test, test_users_metrics, t_sec = evaluator.evaluate(model, task.test)
+                result.valid_eval_seconds.append(v_sec)
+                result.test_eval_seconds.append(t_sec)
+                point.update({f"valid_{valid_metric}": round(valid[valid_metric], 4),
+                              "test_recall@20": round(test.get("recall@20", float("nan")), 4),
+                              "test_ndcg@20": round(test.get("ndcg@20", float("nan")), 4)})
+                score = round(valid[valid_metric], 4)
+                if score > best_score:
+                    best_score, bad_evals = score, 0
+                    result.best_epoch, result.valid, result.test = epoch, valid, test
+                    result.test_per_user, result.test_users = test_users_metrics, task.test.users
+                    for name, eval_set in task.extra_eval.items():
+                        if len(eval_set):
+                            result.extra[name], _, _ = evaluator.evaluate(model, eval_set)
+                            result.extra_counts[name] = (len(eval_set), eval_set.n_interactions)
+                    for name, analysis in analyses.items():
+                        captured[name] = analysis.capture(model)
+                else:
+                    bad_evals += 1
+                if progress is not None:
+                    progress.set_postfix({"epoch": epoch, "valid": f"{valid[valid_metric]:.4f}",
+                                          "best": f"{best_score:.4f}"}, refresh=False)
+            result.curve.append(point)
             if progress is not None:
-                progress.set_postfix({"epoch": epoch, "valid": f"{valid[valid_metric]:.4f}",
-                                      "best": f"{best_score:.4f}"}, refresh=False)
-        result.curve.append(point)
-        if progress is not None:
-            progress.update(1)
-        out_of_time = max_seconds is not None and time.perf_counter() - started > float(max_seconds) \
-            and result.best_epoch >= 0
-        if bad_evals > stopping_step or out_of_time:
-            result.stopped_early = True
-            break
+                progress.update(1)
+            out_of_time = max_seconds is not None and time.perf_counter() - started > float(max_seconds) \
+                and result.best_epoch >= 0
+            if bad_evals > stopping_step or out_of_time:
+                result.stopped_early = True
+                break
+    except TrainingFailure:
+        raise
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise TrainingFailure(f"out of memory at epoch {epoch}: {exc}".strip(), epoch, result) from exc
+    except Exception as exc:  # the job records it; the epoch says how far training got
+        raise TrainingFailure(f"{type(exc).__name__} at epoch {epoch}: {exc}", epoch, result) from exc
     if result.best_epoch < 0:
         # No evaluation happened (epochs < eval_step): evaluate the final model once.
         model.pre_evaluation()

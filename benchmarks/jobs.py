@@ -215,6 +215,8 @@ def run_job(spec: dict, progress: bool = False) -> dict:
         except TrainingFailure as exc:
             record["error"] = str(exc)
             record["failed_epoch"] = exc.epoch
+            if exc.__cause__ is not None:
+                record["traceback"] = "".join(traceback.format_exception(exc.__cause__, limit=8))[-4000:]
             if exc.partial is not None and exc.partial.best_epoch >= 0:
                 _fill(record, exc.partial)
         except (MemoryError, torch.OutOfMemoryError) as exc:

@@ -56,6 +56,23 @@ class ExplodingModel(PopularityModel):
         return self.bias.sum() * float("nan")
 
 
+@register("TestOutOfMemory", defaults={})
+class OutOfMemoryModel(PopularityModel):
+    """Runs out of memory in its second epoch."""
+
+    def __init__(self, config, task):
+        super().__init__(dict(config, pop_weight=0.0), task)
+        self.epoch = 0
+
+    def pre_epoch(self, epoch):
+        self.epoch = epoch
+
+    def calculate_loss(self, users, pos, neg):
+        if self.epoch == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return super().calculate_loss(users, pos, neg)
+
+
 def _opts(tmp_path, models, **kw):
     base = dict(protocols=["missing"], datasets=["synthetic:tiktok"], models=models, seeds=[1, 2],
                 data_root=str(tmp_path / "nodata"), quick=True, scale=0.03, results_dir=str(tmp_path / "res"),
@@ -93,13 +110,18 @@ def test_external_model_runs_through_runner_and_grid_is_chosen_by_validation(tmp
 
 
 def test_nan_loss_is_recorded_and_grid_goes_on(tmp_path):
-    opts = _opts(tmp_path, ["TestExploding", "MFBPR"], seeds=[1], sets={"epochs": 1, "reg_weight": 0.1})
+    opts = _opts(tmp_path, ["TestExploding", "TestOutOfMemory", "MFBPR"], seeds=[1],
+                 sets={"epochs": 3, "reg_weight": 0.1, "stopping_step": 5})
     store = ResultStore(opts.results_dir)
     execute(plan(opts).jobs, store, n_workers=0, progress=False)
     by_model = {r["model"]: r for r in store.records()}
     assert by_model["TestExploding"]["status"] == "failed"
     assert "non-finite training loss" in by_model["TestExploding"]["error"]
     assert by_model["TestExploding"]["failed_epoch"] == 0
+    oom = by_model["TestOutOfMemory"]
+    assert oom["status"] == "failed" and oom["failed_epoch"] == 1
+    assert oom["error"].startswith("out of memory at epoch 1") and "20.00 GiB" in oom["error"]
+    assert oom["best_epoch"] == 0 and "recall@20" in oom["test"]  # the best result before the failure is kept
     assert by_model["MFBPR"]["status"] == "ok"
 
 
