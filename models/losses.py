@@ -43,3 +43,245 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, eps: float = 
     pos = torch.exp(logits.diagonal())
     denom = torch.exp(logits).sum(dim=1) + eps
     return -torch.log(pos / denom + eps).mean()
+
+
+class _WeightedLSE(torch.autograd.Function):
+    """Σ_i w_i · logsumexp_j(a_i·b_j + c_j), computed in row chunks.
+
+    The (rows × cols) logits never exist at once: each chunk is rebuilt in the backward pass,
+    which keeps the work in cache (the b×b logits of a 4096 batch are 64 MB). ``w`` are row
+    weights (multiplicities), ``c`` column log-multiplicities.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, w, c, chunk):
+        n = a.shape[0]
+        lse = torch.empty(n, dtype=a.dtype, device=a.device)
+        for lo in range(0, n, chunk):
+            lse[lo:lo + chunk] = torch.logsumexp(torch.addmm(c, a[lo:lo + chunk], b.T), dim=1)
+        ctx.save_for_backward(a, b, w, c, lse)
+        ctx.chunk = chunk
+        return (w * lse).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, w, c, lse = ctx.saved_tensors
+        ga, gb = torch.empty_like(a), torch.zeros_like(b)
+        for lo in range(0, a.shape[0], ctx.chunk):
+            hi = min(a.shape[0], lo + ctx.chunk)
+            p = torch.addmm(c, a[lo:hi], b.T).sub_(lse[lo:hi, None]).exp_().mul_((grad * w[lo:hi])[:, None])
+            ga[lo:hi] = p @ b
+            gb.addmm_(p.T, a[lo:hi])
+        return ga, gb, None, None, None
+
+
+def _dedup(ids: torch.Tensor):
+    """(first row of each distinct id, inverse map, counts)."""
+    uniq, inv, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+    first = torch.full((len(uniq),), len(ids), dtype=torch.long, device=ids.device)
+    first = first.scatter_reduce(0, inv, torch.arange(len(ids), device=ids.device), reduce="amin")
+    return first, inv, counts
+
+
+def ce_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows: torch.Tensor | None = None,
+           a_ids: torch.Tensor | None = None, b_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the logits ``a bᵀ / τ`` against the diagonal [CE_NCE] (SLMRec).
+
+    Equals ``F.cross_entropy((a @ b.T / τ)[rows], arange[rows])``. No normalisation here
+    (callers normalise when the model does). ``rows`` (bool mask) keeps only those rows as loss
+    terms; the columns (negatives) are always every row of ``b``. With no row selected the
+    result is NaN, as ``cross_entropy`` of nothing.
+
+    ``a_ids`` / ``b_ids`` (optional) name the entity behind each row; rows with the same id
+    must be identical (the same vector gathered twice). Duplicates are then folded exactly:
+    a duplicated row's log-sum-exp is computed once and weighted by its count, a duplicated
+    column enters once with a log-count offset. Same value and gradients, fewer FLOPs.
+    """
+    n = a.shape[0]
+    a = a / temperature
+    sel = torch.ones(n, dtype=torch.bool, device=a.device) if rows is None else rows
+    n_sel = int(sel.sum())
+    if n_sel == 0:
+        return a.sum() * float("nan")
+    pos = (a[sel] * b[sel]).sum()
+    if a_ids is None:
+        a_first, a_w = torch.arange(n, device=a.device), sel.to(a.dtype)
+    else:
+        a_first, a_inv, _ = _dedup(a_ids)
+        a_w = torch.zeros(len(a_first), dtype=a.dtype, device=a.device).index_add(0, a_inv, sel.to(a.dtype))
+    keep = a_w > 0
+    a_first, a_w = a_first[keep], a_w[keep]
+    if b_ids is None:
+        b_rows, c = b, torch.zeros(n, dtype=b.dtype, device=b.device)
+    else:
+        b_first, _, b_cnt = _dedup(b_ids)
+        b_rows, c = b[b_first], torch.log(b_cnt.to(b.dtype))
+    chunk = max(1, (1 << 20) // max(1, b_rows.shape[0]))
+    lse = _WeightedLSE.apply(a[a_first], b_rows, a_w, c, chunk)
+    return (lse - pos) / n_sel
+
+
+def neighbour_discrimination(emb: torch.Tensor, candidates: torch.Tensor, mm_index: torch.Tensor,
+                             single_index: torch.Tensor, temperature: float = 0.2,
+                             eps: float = 1e-9) -> torch.Tensor:
+    """DA-MRS neighbour discrimination, one value per row of ``emb`` (no reduction).
+
+    Rows of ``emb`` and ``candidates`` are L2-normalised; ``mm_index`` / ``single_index``
+    (rows × k) index ``candidates``: the multi-modal and the single-view pseudo-positive
+    neighbours. With S_x = Σ_{k∈x} exp(e·a_k/τ) and S = Σ_c exp(e·a_c/τ):
+    ``−log(S_mm / S + eps) − log(S_single / (S − S_mm) + eps)``. S comes from a chunked
+    log-sum-exp (|logits| ≤ 1/τ, so exp(lse) cannot overflow for any realistic item count).
+    """
+    e = F.normalize(emb, dim=1) / temperature
+    a = F.normalize(candidates, dim=1)
+    s_mm = torch.exp((e.unsqueeze(1) * a[mm_index]).sum(2)).sum(1)
+    s_single = torch.exp((e.unsqueeze(1) * a[single_index]).sum(2)).sum(1)
+    s_all = torch.exp(row_logsumexp(e, a))
+    return -torch.log(s_mm / s_all + eps) - torch.log(s_single / (s_all - s_mm) + eps)
+
+
+def bernoulli_kl(logit_p: torch.Tensor, logit_q: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(Bern(σ(p)) ‖ Bern(σ(q))) from logits (DA-MRS's KL term).
+
+    ``p log p − p log q + (1−p) log(1−p) − (1−p) log(1−q)`` with the logs taken as
+    ``logsigmoid`` of the logits: the same value, but finite where σ saturates to 0 or 1 in
+    float32 (the reference's ``log(sigmoid)`` form turns into NaN there).
+    """
+    p = torch.sigmoid(logit_p)
+    lp, lq = F.logsigmoid(logit_p), F.logsigmoid(logit_q)
+    lnp, lnq = F.logsigmoid(-logit_p), F.logsigmoid(-logit_q)
+    return p * (lp - lq) + (1.0 - p) * (lnp - lnq)
+
+
+def info_nce_indexed(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """``info_nce(a[ia], b[ib], temperature)`` (eps = 0) computed on the distinct rows.
+
+    A batch repeats users and items; row r's denominator Σ_j exp(â_{ia_r}·b̂_{ib_j}/τ) equals
+    Σ_q c_q exp(â_{ia_r}·b̂_q/τ) over the distinct ids q of ``ib`` with multiplicities c_q, and
+    rows with the same id of ``ia`` share it. So the similarity matrix is distinct(ia) ×
+    distinct(ib) instead of len(ia)², with the same value and gradients as the reference's
+    form (duplicates are kept as duplicates, only not recomputed).
+    """
+    ua, inv_a, cnt_a = torch.unique(ia, return_inverse=True, return_counts=True)
+    ub, inv_b, cnt_b = torch.unique(ib, return_inverse=True, return_counts=True)
+    an = F.normalize(a[ua], dim=1) / temperature
+    bn = F.normalize(b[ub], dim=1)
+    logits = an @ bn.T + torch.log(cnt_b.to(an.dtype)).unsqueeze(0)
+    lse = torch.logsumexp(logits, dim=1)
+    pos = (an[inv_a] * bn[inv_b]).sum(dim=1)
+    n = ia.shape[0]
+    return (cnt_a.to(an.dtype) * lse).sum() / n - pos.sum() / n
+
+
+class _EpsNCE(torch.autograd.Function):
+    """−mean_i log( e_ii / (Σ_j e_ij + eps) + eps ) with e = exp(a bᵀ), a hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, a, b, eps):
+        e = (a @ b.T).exp_()
+        pos = e.diagonal().clone()
+        denom = e.sum(dim=1) + eps
+        ratio = pos / denom
+        ctx.save_for_backward(a, b, e, denom, ratio)
+        ctx.eps = eps
+        return -torch.log(ratio + eps).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, e, denom, ratio = ctx.saved_tensors
+        n = a.shape[0]
+        w = grad * ratio / (n * (ratio + ctx.eps))          # −dL/d log(ratio_i)
+        g = e * (w / denom).unsqueeze(1)                     # d loss / d logits, off-diagonal part
+        g.diagonal().sub_(w)
+        return g @ b, g.T @ a, None
+
+
+def info_nce_eps_fused(a: torch.Tensor, b: torch.Tensor, temperature: float, eps: float = 1e-9) -> torch.Tensor:
+    """``info_nce(a, b, temperature, eps)`` (the SGL/SimGCL form with ``eps`` inside the ratio
+    and the log) with a fused backward; same value and gradients up to float rounding."""
+    a = F.normalize(a, dim=1) / temperature
+    b = F.normalize(b, dim=1)
+    return _EpsNCE.apply(a, b, float(eps))
+
+
+class _ChunkedRowLSE(torch.autograd.Function):
+    """Per-row logsumexp_c(a_r·b_c + o_c), computed in row chunks; each chunk is rebuilt in the
+    backward pass, so the rows × cols logits never exist at once (cache-friendly on CPU)."""
+
+    @staticmethod
+    def forward(ctx, a, b, o, chunk):
+        lse = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
+        for lo in range(0, a.shape[0], chunk):
+            lse[lo:lo + chunk] = torch.logsumexp(torch.addmm(o, a[lo:lo + chunk], b.T), dim=1)
+        ctx.save_for_backward(a, b, o, lse)
+        ctx.chunk = chunk
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, o, lse = ctx.saved_tensors
+        ga, gb = torch.empty_like(a), torch.zeros_like(b)
+        for lo in range(0, a.shape[0], ctx.chunk):
+            hi = min(a.shape[0], lo + ctx.chunk)
+            p = torch.addmm(o, a[lo:hi], b.T).sub_(lse[lo:hi, None]).exp_().mul_(grad[lo:hi, None])
+            ga[lo:hi] = p @ b
+            gb.addmm_(p.T, a[lo:hi])
+        return ga, gb, None, None
+
+
+def row_logsumexp(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """``logsumexp(a @ b.T + offsets, dim=1)`` with autograd, in row chunks of ~1M logits."""
+    o = torch.zeros(b.shape[0], dtype=a.dtype, device=a.device) if offsets is None else offsets.to(a.dtype)
+    return _ChunkedRowLSE.apply(a, b, o, max(1, (1 << 20) // max(1, b.shape[0])))
+
+
+def nce_over_candidates(a: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor, temperature: float,
+                        weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_r w_r [ log Σ_c exp(â_r·ĉ_c/τ) − â_r·ĉ_{labels_r}/τ ] with L2-normalised rows, SUMMED.
+
+    The positive of row r is candidate ``labels[r]`` (so it is in its own denominator).
+    ``weights`` (default 1) let a caller pass each distinct row once with its multiplicity:
+    the same value and gradients as repeating it. This is LGMRec's hypergraph contrast
+    (``−Σ log(exp(cos(a_r,b_r)/τ) / Σ_c exp(cos(a_r,c)/τ))`` with b_r among the candidates),
+    computed in row chunks.
+    """
+    if a.shape[0] == 0:
+        return a.sum() * 0.0
+    an = F.normalize(a, dim=1) / temperature
+    cn = F.normalize(candidates, dim=1)
+    w = torch.ones(a.shape[0], dtype=a.dtype, device=a.device) if weights is None else weights.to(a.dtype)
+    return (w * (row_logsumexp(an, cn) - (an * cn[labels]).sum(1))).sum()
+
+
+def batch_info_nce(x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``info_nce(x[ids], y[ids], temperature)`` (eps = 0) on the distinct ids, in row chunks.
+
+    Rows with the same id are identical, so row r's denominator Σ_j exp(x̂_r·ŷ_{ids_j}/τ) is
+    Σ_q c_q exp(x̂_r·ŷ_q/τ) over the distinct ids q with multiplicities c_q, and equal rows share
+    it: a distinct × distinct problem with the same value and gradients (MGCN / GUME batch NCE).
+    """
+    uniq, counts = torch.unique(ids, return_counts=True)
+    xn = F.normalize(x[uniq], dim=1) / temperature
+    yn = F.normalize(y[uniq], dim=1)
+    w = counts.to(xn.dtype)
+    return (w * (row_logsumexp(xn, yn, torch.log(w)) - (xn * yn).sum(1))).sum() / ids.shape[0]
+
+
+def nce_over_lowrank_candidates(a: torch.Tensor, factors: torch.Tensor, basis: torch.Tensor, labels: torch.Tensor,
+                                temperature: float, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``nce_over_candidates(a, factors @ basis, labels, τ, weights)`` for low-rank candidates.
+
+    With candidates C = F·B (F: cols × h, B: h × d, h ≪ d; e.g. LGMRec's hypergraph embeddings,
+    memberships × hyperedge states), cos(a_r, C_c)/τ = (â_r Bᵀ/τ) · (F_c / ‖F_c B‖): the
+    rows × cols logits need an inner dimension of h instead of d. Same value and gradients up
+    to float rounding.
+    """
+    if a.shape[0] == 0:
+        return a.sum() * 0.0
+    an = F.normalize(a, dim=1) / temperature
+    norms = ((factors @ (basis @ basis.T)) * factors).sum(1).clamp_min(1e-24).sqrt().clamp_min(1e-12)
+    fn = factors / norms.unsqueeze(1)
+    w = torch.ones(a.shape[0], dtype=a.dtype, device=a.device) if weights is None else weights.to(a.dtype)
+    pos = (an * (fn[labels] @ basis)).sum(1)
+    return (w * (row_logsumexp(an @ basis.T, fn) - pos)).sum()

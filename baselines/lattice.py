@@ -1,0 +1,185 @@
+"""LATTICE: latent item-item structure learned from modality features (Zhang et al., ACM MM 2021).
+
+Each modality's raw features (trainable) are projected to 64 dimensions; a top-k cosine graph
+of the projections is the *learned* item graph. It is mixed with the fixed kNN graphs of the
+raw features (weight λ), item ID embeddings are propagated over the mix, and the normalised
+result is added to a LightGCN item embedding (spec 3.6).
+
+How the reference behaves, and so how this port behaves by default:
+
+* the learned graph is rebuilt (with gradient) in the first batch of every epoch; the other
+  batches of the epoch reuse a detached copy;
+* two modalities ("Amazon path"): static graphs isolate missing items after the top-k; the
+  learned graph is row-sum normalised in training but NOT at inference (defect #11, option
+  ``fix_inference_normalization``); new items have zero ID embeddings at start and are left out
+  of the training graphs, but are in the prediction graphs;
+* three modalities ("TikTok path"): static graphs unmasked; one un-normalised mix
+  ``(1-λ) Σ w_m K_m + λ Σ w_m S_m`` in training and prediction; no new-item handling.
+
+The reference keeps the learned graph as a dense I×I tensor and multiplies it every batch. It
+has at most k non-zeros per row and modality, so here only the similarity matrix is dense, in
+row chunks, to pick the neighbours (``graphs.topk_cosine_edges``); the graph itself is a sparse
+edge list, with the same values and gradients. The reference also rebuilds the graph for every
+evaluation batch of 128 users; the parameters do not change within an evaluation pass, so one
+build per pass gives the same scores.
+"""
+from __future__ import annotations
+
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import Recommender
+from models.graphs import (cached_knn_graph, lightgcn_t, sparse_with_transpose, spmm_t, topk_cosine_edges,
+                           ui_adjacency_rw_self_loops, weighted_propagate)
+from models.losses import bpr_loss, squared_l2
+from models.registry import register
+
+
+@register("LATTICE")
+class LATTICE(Recommender):
+    group = "multi-modal"
+    list_params = ("weight_size", "mess_dropout")
+
+    def __init__(self, config, task):
+        super().__init__(config, task)
+        d = int(config["embedding_size"])
+        self.knn_k = int(config["knn_k"])
+        self.lam = float(config["lambda_coeff"])
+        self.n_layers = int(config["n_layers"])
+        self.n_ui_layers = len(config["weight_size"])
+        self.reg_weight = float(config["reg_weight"])
+        self.batch_size = int(config["train_batch_size"])
+        self.cf_model = str(config["cf_model"])
+        if self.cf_model not in ("lightgcn", "mf"):
+            raise ValueError(f"LATTICE cf_model must be 'lightgcn' or 'mf', got {self.cf_model!r}")
+        self.fix_inference = bool(config["fix_inference_normalization"])
+        self.mods = tuple(task.modalities)
+        self.three = len(self.mods) == 3
+        self.new = task.new_items if (task.new_item_mode and not self.three) else None
+
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        if self.new is not None:
+            with torch.no_grad():
+                self.item_embedding[torch.from_numpy(self.new)] = 0.0
+        # Raw features are trainable (Embedding.from_pretrained(freeze=False) in the reference).
+        self.features = nn.ParameterDict({m: nn.Parameter(task.features[m].clone()) for m in self.mods})
+        self.trs = nn.ModuleDict({m: nn.Linear(task.features[m].shape[1], int(config["feat_embed_dim"]))
+                                  for m in self.mods})
+        init = [0.3, 0.3, 0.4] if self.three else [1.0 / len(self.mods)] * len(self.mods)
+        self.modal_weight = nn.Parameter(torch.tensor(init))
+
+        adj = ui_adjacency_rw_self_loops(task)
+        self.adj = (adj, adj.to_sparse_coo().t().coalesce().to_sparse_csr())  # G2 and its transpose
+        mask = "none" if self.three else "after"
+        self.static = {m: cached_knn_graph(task, m, self.knn_k, mask) for m in self.mods}
+        self.static_t = [sparse_with_transpose(self.static[m], self.device) for m in self.mods]
+        if self.new is not None:
+            self.static_new = {m: cached_knn_graph(task, m, self.knn_k, "new_items") for m in self.mods}
+            self.static_new_t = [sparse_with_transpose(self.static_new[m], self.device) for m in self.mods]
+        else:
+            self.static_new, self.static_new_t = self.static, self.static_t
+        self._build = True
+        self._epoch_adj = None  # detached item graph of the current epoch (torch CSR and transpose)
+        self._scoring = None
+
+    # ------------------------------------------------------------------ item graph
+    def _learned_edges(self, weights, exclude):
+        rows, cols, vals = [], [], []
+        for w, m in zip(weights, self.mods):
+            r, c, v = topk_cosine_edges(self.trs[m](self.features[m]), self.knn_k, exclude)
+            rows.append(r)
+            cols.append(c)
+            vals.append(w * v)
+        return torch.cat(rows), torch.cat(cols), torch.cat(vals)
+
+    def _item_graph(self, inference: bool):
+        """(rows, cols, values) of the learned part and the static part's torch matrices.
+
+        The item propagation is ``h ← Σ_m λ w_m S_m h + learned h``.
+        """
+        w = torch.softmax(self.modal_weight, dim=0)
+        exclude = None if (inference or self.new is None) else self.new
+        rows, cols, vals = self._learned_edges(w, exclude)
+        normalise = not self.three and (not inference or self.fix_inference)
+        if normalise:
+            deg = vals.new_zeros(self.n_items).index_add(0, rows, vals)
+            d = deg.clamp(min=1e-7).pow(-0.5)
+            vals = d[rows] * vals * d[cols]
+        vals = (1.0 - self.lam) * vals
+        static = self.static_t if (inference or self.new is None) else self.static_new_t
+        return (rows, cols, vals), [(self.lam * w[j], s) for j, s in enumerate(static)]
+
+    def _propagate_items(self, learned, static) -> torch.Tensor:
+        rows, cols, vals = learned
+        h = self.item_embedding
+        for _ in range(self.n_layers):
+            out = weighted_propagate(h, cols, rows, vals, self.n_items)
+            for w, s in static:
+                out = out + w * spmm_t(*s, h)
+            h = out
+        return h
+
+    def _freeze_graph(self, learned, static) -> torch.Tensor:
+        """The epoch's training item graph as one constant sparse matrix (learned + static, detached)."""
+        rows, cols, vals = learned
+        m = sp.csr_matrix((vals.detach().cpu().numpy(), (rows.cpu().numpy(), cols.cpu().numpy())),
+                          shape=(self.n_items, self.n_items))
+        for j, (w, _) in enumerate(static):
+            m = m + float(w.detach()) * self.static_new[self.mods[j]]
+        return sparse_with_transpose(m, self.device)
+
+    def _item_side(self, training_first_batch: bool) -> torch.Tensor:
+        if training_first_batch:
+            learned, static = self._item_graph(inference=False)
+            h = self._propagate_items(learned, static)
+            self._epoch_adj = self._freeze_graph(learned, static)
+            return h
+        h = self.item_embedding
+        for _ in range(self.n_layers):
+            h = spmm_t(*self._epoch_adj, h)
+        return h
+
+    # ------------------------------------------------------------------ forward
+    def _cf(self):
+        if self.cf_model == "mf":
+            return self.user_embedding, self.item_embedding
+        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
+        out = lightgcn_t(self.adj[0], ego, self.n_ui_layers, self.adj[1])
+        return out[:self.n_users], out[self.n_users:]
+
+    def forward(self):
+        first = self._build or self._epoch_adj is None
+        h = self._item_side(first)
+        self._build = False
+        u, i = self._cf()
+        return u, i + F.normalize(h, dim=1)
+
+    def pre_epoch(self, epoch):
+        self._build = True
+
+    def calculate_loss(self, users, pos, neg):
+        u_all, i_all = self.forward()
+        u, p, n = u_all[users], i_all[pos], i_all[neg]
+        loss = bpr_loss((u * p).sum(1), (u * n).sum(1))
+        if self.reg_weight:
+            loss = loss + self.reg_weight * squared_l2(u, p, n, batch_size=self.batch_size)
+        return loss
+
+    def _predict_embeddings(self):
+        learned, static = self._item_graph(inference=True)
+        h = self._propagate_items(learned, static)
+        u, i = self._cf()
+        return u, i + F.normalize(h, dim=1)
+
+    def begin_scoring(self):
+        self._scoring = self._predict_embeddings()
+
+    def end_scoring(self):
+        self._scoring = None
+
+    def full_sort_predict(self, users):
+        u_all, i_all = self._scoring if self._scoring is not None else self._predict_embeddings()
+        return u_all[users] @ i_all.T

@@ -1,0 +1,151 @@
+"""LGMRec: local and global graph learning for multimodal recommendation (Guo et al., AAAI 2024; spec 3.8).
+
+Local embeddings: a LightGCN embedding plus, per modality, projected (frozen) features of items,
+averaged into users over their interactions and propagated on the user-item graph. Global
+embeddings: every item (and user, through its interactions) is softly assigned to a few
+learnable hyperedges per modality (Gumbel-softmax); hyperedge states gather the LightGCN item
+embeddings and are scattered back. Hypergraph embeddings of different modalities are contrasted.
+
+Reference behaviour kept by default (defect #14, options in the YAML):
+* Gumbel noise is drawn at evaluation too, so scores are random (``fix_eval_noise``);
+* with three modalities the item contrast uses all positives (duplicates included) against all
+  items, where the two-modality path uses the unique complete positives against complete items
+  (``fix_complete_items``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import Recommender
+from models.graphs import hypergraph_propagate, lightgcn_t, sparse_with_transpose, spmm_t, ui_adjacency
+from models.losses import bpr_loss, emb_norm, nce_over_candidates
+from models.registry import register
+
+# Modality pairs (x, y) of the three-modality contrast, as in the reference: v→t, a→v, t→a.
+PAIRS_3 = (("v", "t"), ("a", "v"), ("t", "a"))
+
+
+@register("LGMRec")
+class LGMRec(Recommender):
+    group = "multi-modal"
+
+    def __init__(self, config, task):
+        super().__init__(config, task)
+        d = int(config["embedding_size"])
+        f = int(config["feat_embed_dim"])
+        self.n_ui_layers = int(config["n_ui_layers"])
+        self.n_mm_layers = int(config["n_mm_layers"])
+        self.n_hyper_layer = int(config["n_hyper_layer"])
+        self.hyper_num = int(config["hyper_num"])
+        self.keep_rate = float(config["keep_rate"])
+        self.alpha = float(config["alpha"])
+        self.cl_weight = float(config["cl_weight"])
+        self.reg_weight = float(config["reg_weight"])
+        self.tau = float(config["tau"])
+        self.fix_eval_noise = bool(config["fix_eval_noise"])
+        self.fix_complete_items = bool(config["fix_complete_items"])
+        self.mods = tuple(task.modalities)
+        self.three = len(self.mods) == 3
+
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        for m in self.mods:  # frozen features (freeze=True in the reference)
+            self.register_buffer(f"feat_{m}", task.features[m].clone(), persistent=False)
+        self.trs = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(
+            torch.empty(task.features[m].shape[1], f))) for m in self.mods})
+        self.hyper = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(
+            torch.empty(task.features[m].shape[1], self.hyper_num))) for m in self.mods})
+
+        self.adj = ui_adjacency(task)
+        r = task.train_matrix()
+        self.r = sparse_with_transpose(r, self.device)  # raw 0/1 user×item matrix (G5) and its transpose
+        deg_u = np.asarray(r.sum(axis=1)).ravel()
+        self.register_buffer("inv_deg_u", torch.from_numpy(1.0 / (deg_u + 1e-7)).float().unsqueeze(1),
+                             persistent=False)
+        complete = ~np.logical_or.reduce([task.missing[m] for m in self.mods])
+        self.missing_modal = task.missing_modal
+        self.register_buffer("complete_mask", torch.from_numpy(complete), persistent=False)
+        self.register_buffer("complete_ids", torch.from_numpy(np.flatnonzero(complete)), persistent=False)
+        self._scoring = None
+
+    def feat(self, m):
+        return getattr(self, f"feat_{m}")
+
+    # ------------------------------------------------------------------ forward
+    def _memberships(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.fix_eval_noise:
+            return torch.softmax(logits / self.tau, dim=1)
+        return F.gumbel_softmax(logits, tau=self.tau, hard=False, dim=1)
+
+    def forward(self):
+        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
+        cge = lightgcn_t(self.adj, ego, self.n_ui_layers)
+        local = cge
+        hyper = {}
+        p_drop = 1.0 - self.keep_rate
+        cge_items = cge[self.n_users:]
+        for m in self.mods:
+            x = self.feat(m)
+            item_f = x @ self.trs[m]
+            y = torch.cat([spmm_t(*self.r, item_f) * self.inv_deg_u, item_f], dim=0)
+            for _ in range(self.n_mm_layers):
+                y = spmm_t(self.adj, self.adj, y)  # G1 is symmetric
+            local = local + F.normalize(y, dim=1)
+            ih = x @ self.hyper[m]
+            uh = spmm_t(*self.r, ih)
+            ih, uh = self._memberships(ih), self._memberships(uh)
+            ih = F.dropout(ih, p_drop, self.training)
+            uh = F.dropout(uh, p_drop, self.training)
+            hyper[m] = hypergraph_propagate(ih, uh, cge_items, self.n_hyper_layer)
+        glob = sum(torch.cat([u, i], dim=0) for u, i in hyper.values())
+        final = local + self.alpha * F.normalize(glob, dim=1)
+        return final[:self.n_users], final[self.n_users:], hyper
+
+    # ------------------------------------------------------------------ loss
+    def _item_contrast_sets(self, pos: torch.Tensor):
+        """(positive rows, candidate items or None for all items) of the item-side contrast."""
+        if self.three and not self.fix_complete_items:
+            return pos, None  # reference: all positives (duplicates kept) against all items
+        if not self.missing_modal:
+            return pos, None
+        return torch.unique(pos[self.complete_mask[pos]]), self.complete_ids
+
+    def _contrast(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor | None):
+        """−Σ_r log(exp(cos(x_r, y_r)/τ) / Σ_c exp(cos(x_r, y_c)/τ)) over ``rows`` (duplicates count
+        as often as they occur), candidates ``cand`` (None: every row of y)."""
+        ids, counts = torch.unique(rows, return_counts=True)
+        if cand is None:
+            return nce_over_candidates(x[ids], y, ids, self.tau, counts)
+        return nce_over_candidates(x[ids], y[cand], torch.searchsorted(cand, ids), self.tau, counts)
+
+    def calculate_loss(self, users, pos, neg):
+        u_all, i_all, hyper = self.forward()
+        u, p, n = u_all[users], i_all[pos], i_all[neg]
+        loss = bpr_loss((u * p).sum(1), (u * n).sum(1))
+        rows, cand = self._item_contrast_sets(pos)
+        pairs = PAIRS_3 if self.three else ((self.mods[0], self.mods[1]),)
+        hcl = 0.0
+        for x, y in pairs:
+            (ux, ix), (uy, iy) = hyper[x], hyper[y]
+            hcl = hcl + self._contrast(ux, uy, users, None) + self._contrast(ix, iy, rows, cand)
+        if self.three:
+            hcl = hcl / 3.0
+        loss = loss + self.cl_weight * hcl
+        return loss + self.reg_weight * emb_norm(u, p, n)
+
+    def begin_scoring(self):
+        u, i, _ = self.forward()
+        self._scoring = (u, i)
+
+    def end_scoring(self):
+        self._scoring = None
+
+    def full_sort_predict(self, users):
+        if self._scoring is None:
+            u_all, i_all, _ = self.forward()
+        else:
+            u_all, i_all = self._scoring
+        return u_all[users] @ i_all.T

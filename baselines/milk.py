@@ -1,0 +1,106 @@
+"""MILK: items represented by their modality features only, trained for invariance to the modality mix
+(Bai et al., SIGIR 2024; as implemented in the DGMRec release)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import Recommender
+from models.registry import register
+
+
+@register("MILK")
+class MILK(Recommender):
+    group = "missing-modality-aware"
+    uses_features = True
+    handles_missing = "impute"  # the reference mean-imputes masked rows before anything else
+
+    def __init__(self, config, task):
+        super().__init__(config, task)
+        d = int(config["embedding_size"])
+        self.mods = tuple(task.modalities)
+        self.reg_coeff = float(config["reg_coeff"])
+        self.align_coeff = float(config["align_coeff"])
+        self.penalty_coeff = float(config["penalty_coeff"])
+        self.alpha = float(config["alpha"])
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        # Raw features are trainable (Embedding.from_pretrained(freeze=False) in the reference);
+        # the two-modality path L2-normalises them after imputation, the three-modality one does not.
+        feats = {}
+        for m in self.mods:
+            x = self.feature(m).float()
+            feats[m] = nn.Parameter(F.normalize(x, dim=1) if len(self.mods) == 2 else x.clone())
+        self.features = nn.ParameterDict(feats)
+        self.proj = nn.ModuleDict({m: nn.Linear(self.features[m].shape[1], d) for m in self.mods})
+        # c_i = 1 / (number of observed modalities); 0 when every modality is missing, unless fixed.
+        observed = np.stack([~task.missing[m] for m in self.mods]).sum(axis=0)
+        count = np.where(observed > 0, 1.0 / np.maximum(observed, 1), 0.0)
+        if config["fix_zero_vectors"]:
+            count[observed == 0] = 1.0 / len(self.mods)
+        self.register_buffer("modality_count", torch.tensor(count, dtype=torch.float32, device=self.device),
+                             persistent=False)
+        # Alignment pairs (x, y) as the reference orders them, and the items each pair leaves out.
+        pairs = [("v", "t")] if len(self.mods) == 2 else [("t", "v"), ("t", "a"), ("v", "a")]
+        self.pairs = [(x, y) for x, y in pairs if x in self.mods and y in self.mods]
+        self._excluded = {}
+        for x, y in self.pairs:
+            if config["fix_align_items"]:
+                bad = task.missing[x] | task.missing[y]
+            else:  # only the single-missing groups are removed: 'all' (and pair groups) stay in
+                bad = np.zeros(self.n_items, dtype=bool)
+                for key in (x, y):
+                    bad[np.asarray(task.mask_groups.get(key, []), dtype=np.int64)] = True
+            self._excluded[(x, y)] = torch.as_tensor(bad, device=self.device)
+        self._scoring = None
+
+    def projections(self, rows=None):
+        if rows is None:
+            return {m: self.proj[m](self.features[m]) for m in self.mods}
+        return {m: self.proj[m](self.features[m].index_select(0, rows)) for m in self.mods}
+
+    def environments(self):
+        """Equal weights, then the cyclic shifts of one Dirichlet(α) draw (numpy's global stream)."""
+        k = len(self.mods)
+        lam = np.random.dirichlet([self.alpha] * k)
+        return [np.full(k, 1.0 / k)] + [np.roll(lam, s) for s in range(k)]
+
+    def calculate_loss(self, users, pos, neg):
+        rows, inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        f = self.projections(rows)  # only the batch's items: the same values and gradients as all items
+        count = self.modality_count[rows].unsqueeze(1)
+        ip, ineg = inv[:len(pos)], inv[len(pos):]
+        u = self.user_embedding[users]
+        losses, reg = [], None
+        for env in self.environments():
+            item = count * sum(float(w) * f[m] for w, m in zip(env, self.mods))
+            p, n = item[ip], item[ineg]
+            losses.append(F.softplus((u * n).sum(1) - (u * p).sum(1)).mean())
+            if reg is None:
+                reg = 0.5 * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / len(users)
+        losses = torch.stack(losses)
+        align = u.new_zeros(())
+        upos = torch.unique(pos)
+        upos_local = torch.searchsorted(rows, upos)
+        for x, y in self.pairs:
+            keep = ~self._excluded[(x, y)][upos]
+            if keep.any():  # an empty selection would make the reference's MSE NaN
+                j = upos_local[keep]
+                align = align + F.mse_loss(f[x][j], f[y][j])
+        return losses.sum() + self.reg_coeff * reg + self.align_coeff * align + \
+            self.penalty_coeff * losses.var()
+
+    def item_vectors(self):
+        f = self.projections()
+        return self.modality_count.unsqueeze(1) * sum(f[m] for m in self.mods)
+
+    def begin_scoring(self):
+        self._scoring = self.item_vectors()
+
+    def end_scoring(self):
+        self._scoring = None
+
+    def full_sort_predict(self, users):
+        items = self._scoring if self._scoring is not None else self.item_vectors()
+        return self.user_embedding[users] @ items.T

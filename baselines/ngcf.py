@@ -1,0 +1,82 @@
+"""NGCF: propagation with learned transforms and an element-wise affinity message (Wang et al., SIGIR 2019)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import Recommender
+from models.graphs import spmm_t, ui_adjacency
+from models.losses import bpr_loss, emb_norm
+from models.registry import register
+
+
+@register("NGCF")
+class NGCF(Recommender):
+    group = "collaborative"
+    uses_features = False
+    list_params = ("weight_size", "mess_dropout")
+
+    def __init__(self, config, task):
+        super().__init__(config, task)
+        d = int(config["embedding_size"])
+        sizes = [int(s) for s in config["weight_size"]]
+        self.dropout = [float(p) for p in config["mess_dropout"]]
+        if len(self.dropout) != len(sizes):
+            raise ValueError(f"NGCF: mess_dropout {self.dropout} needs one rate per layer of weight_size {sizes}")
+        self.reg_weight = float(config["reg_weight"])
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        dims = [d] + sizes
+        self.gc = nn.ModuleList(nn.Linear(dims[k], dims[k + 1]) for k in range(len(sizes)))
+        self.bi = nn.ModuleList(nn.Linear(dims[k], dims[k + 1]) for k in range(len(sizes)))
+        for lin in list(self.gc) + list(self.bi):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.adj = ui_adjacency(task)
+        self._scoring = None
+
+    def propagate(self, rows=None):
+        """Concatenated [E0, norm(E1), ..., norm(EL)] of every node, or of the nodes ``rows`` only.
+
+        The last layer feeds nothing else, so with ``rows`` its dense transforms run on those
+        rows alone (the same values; dropout draws only their masks).
+        """
+        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
+        outs = [ego]
+        last = len(self.gc) - 1
+        for k, (gc, bi, p) in enumerate(zip(self.gc, self.bi, self.dropout)):
+            side = spmm_t(self.adj, self.adj, ego)  # symmetric: its own transpose
+            if rows is not None and k == last:
+                side, ego = side[rows], ego[rows]
+            # One LeakyReLU over both messages (the reference; the paper applies one to each).
+            ego = F.leaky_relu(gc(side + ego) + bi(ego * side), negative_slope=0.2)
+            ego = F.dropout(ego, p=p, training=self.training)
+            outs.append(F.normalize(ego, dim=1))
+        if rows is not None:
+            outs = [o[rows] for o in outs[:-1]] + outs[-1:]
+        return torch.cat(outs, dim=1)
+
+    def calculate_loss(self, users, pos, neg):
+        uu, ui = torch.unique(users, return_inverse=True)
+        ii, ik = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        out = self.propagate(torch.cat([uu, ii + self.n_users]))
+        u = out[ui]
+        items = out[len(uu) + ik]
+        p, n = items[:len(pos)], items[len(pos):]
+        loss = bpr_loss((u * p).sum(1), (u * n).sum(1), gamma=1e-10)
+        return loss + self.reg_weight * emb_norm(u, p, n)
+
+    def _split(self):
+        out = self.propagate()
+        return out[:self.n_users], out[self.n_users:]
+
+    def begin_scoring(self):
+        self._scoring = self._split()
+
+    def end_scoring(self):
+        self._scoring = None
+
+    def full_sort_predict(self, users):
+        u_all, i_all = self._scoring if self._scoring is not None else self._split()
+        return u_all[users] @ i_all.T

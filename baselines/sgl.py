@@ -1,0 +1,59 @@
+"""SGL: LightGCN with a contrastive task between two edge-dropped graph views (Wu et al., SIGIR 2021)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.base import Recommender
+from models.graphs import EdgeDropper, lightgcn_t, ui_adjacency
+from models.losses import bpr_loss, info_nce_eps_fused
+from models.registry import register
+
+
+@register("SGL")
+class SGL(Recommender):
+    group = "collaborative"
+    uses_features = False
+
+    def __init__(self, config, task):
+        super().__init__(config, task)
+        d = int(config["embedding_size"])
+        self.n_layers = int(config["n_ui_layers"])
+        self.cl_weight = float(config["reg_weight"])  # the reference names the contrastive weight reg_weight
+        self.temperature = float(config["temperature"])
+        self.weighted = not bool(config["fix_edge_sampling"])
+        rate_1 = float(config["drop_rate_1"])
+        rate_2 = rate_1 if config["fix_drop_rates"] else float(config["drop_rate_2"])
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.adj = ui_adjacency(task)
+        self.dropper = EdgeDropper(task)
+        self.keep = [int(self.dropper.n_edges * (1.0 - r)) for r in (rate_1, rate_2)]
+        self._scoring = None
+
+    def propagate(self, adj):
+        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
+        out = lightgcn_t(adj, ego, self.n_layers)  # every view is symmetric
+        return out[:self.n_users], out[self.n_users:]
+
+    def calculate_loss(self, users, pos, neg):
+        u_all, i_all = self.propagate(self.adj)
+        u = u_all[users]
+        loss = bpr_loss((u * i_all[pos]).sum(1), (u * i_all[neg]).sum(1))
+        # Two views re-drawn for every batch, each used for all layers.
+        (u1, i1), (u2, i2) = (self.propagate(self.dropper.sample(k, weighted=self.weighted)) for k in self.keep)
+        uid = torch.unique(users)
+        iid = torch.unique(torch.cat([pos, neg]))
+        cl = info_nce_eps_fused(u1[uid], u2[uid], self.temperature, 1e-9) + \
+            info_nce_eps_fused(i1[iid], i2[iid], self.temperature, 1e-9)
+        return loss + self.cl_weight * cl
+
+    def begin_scoring(self):
+        self._scoring = self.propagate(self.adj)
+
+    def end_scoring(self):
+        self._scoring = None
+
+    def full_sort_predict(self, users):
+        u_all, i_all = self._scoring if self._scoring is not None else self.propagate(self.adj)
+        return u_all[users] @ i_all.T

@@ -1,0 +1,69 @@
+"""SimGCL: LightGCN with a contrastive task between two noise-perturbed propagations (Yu et al., SIGIR 2022)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import Recommender
+from models.graphs import lightgcn_t, spmm_t, ui_adjacency
+from models.losses import bpr_loss, info_nce_eps_fused
+from models.registry import register
+
+
+@register("SimGCL")
+class SimGCL(Recommender):
+    group = "collaborative"
+    uses_features = False
+
+    def __init__(self, config, task):
+        super().__init__(config, task)
+        d = int(config["embedding_size"])
+        self.n_layers = int(config["n_ui_layers"])
+        self.cl_weight = float(config["reg_weight"])  # the reference names the contrastive weight reg_weight
+        self.eps = float(config["eps"])
+        self.temperature = float(config["temperature"])
+        self.skip_layer0 = bool(config["fix_perturbed_layer0"])
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.adj = ui_adjacency(task)
+        self._scoring = None
+
+    def _ego(self):
+        return torch.cat([self.user_embedding, self.item_embedding], dim=0)
+
+    def propagate(self):
+        out = lightgcn_t(self.adj, self._ego(), self.n_layers)
+        return out[:self.n_users], out[self.n_users:]
+
+    def perturbed(self):
+        """Each layer's output plus sign(E) ⊙ norm(U[0,1)) · eps, fresh noise per layer and call."""
+        e = self._ego()
+        layers = [] if self.skip_layer0 else [e]
+        for _ in range(self.n_layers):
+            e = spmm_t(self.adj, self.adj, e)
+            e = e + torch.sign(e) * F.normalize(torch.rand_like(e), dim=-1) * self.eps
+            layers.append(e)
+        out = torch.stack(layers, dim=0).mean(dim=0)
+        return out[:self.n_users], out[self.n_users:]
+
+    def calculate_loss(self, users, pos, neg):
+        u_all, i_all = self.propagate()
+        u = u_all[users]
+        loss = bpr_loss((u * i_all[pos]).sum(1), (u * i_all[neg]).sum(1))
+        (u1, i1), (u2, i2) = self.perturbed(), self.perturbed()
+        uid = torch.unique(users)
+        iid = torch.unique(torch.cat([pos, neg]))
+        cl = info_nce_eps_fused(u1[uid], u2[uid], self.temperature, 1e-9) + \
+            info_nce_eps_fused(i1[iid], i2[iid], self.temperature, 1e-9)
+        return loss + self.cl_weight * cl
+
+    def begin_scoring(self):
+        self._scoring = self.propagate()
+
+    def end_scoring(self):
+        self._scoring = None
+
+    def full_sort_predict(self, users):
+        u_all, i_all = self._scoring if self._scoring is not None else self.propagate()
+        return u_all[users] @ i_all.T
