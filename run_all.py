@@ -12,13 +12,15 @@ with a capped schedule and one seed; the banner and every table say so.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from benchmarks.config import ConfigError, parse_sets
 from benchmarks.protocols import ALL_PROTOCOL_NAMES, PROTOCOLS, ProtocolError
+from benchmarks.ray_backend import RayBackendError  # does not import Ray
 from benchmarks.report import write_report
-from benchmarks.runner import RunOptions, execute, plan, print_banner
+from benchmarks.runner import RunOptions, execute, gpu_worker_slots, plan, print_banner
 from benchmarks.store import ResultStore
 from data_prep.errors import DataError
 from models.registry import UnknownModelError, entries, names
@@ -42,6 +44,18 @@ def parse_args(argv=None):
                    help="override a configuration value (repeatable); values are YAML")
     p.add_argument("--jobs", type=int, default=1,
                    help="worker processes (default 1; 0 runs jobs inside this process)")
+    # -- backends and devices (benchmarks/ray_backend.py; runner.gpu_worker_slots)
+    p.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="local: worker processes on this machine (default); ray: one Ray task per job with the "
+                        "resources of its resources_* keys (needs: pip install -r requirements-ray.txt)")
+    p.add_argument("--address", default=None,
+                   help="with --backend ray: the Ray cluster to use (auto, or HOST:PORT of `ray start --head`); "
+                        "default: start a local Ray instance")
+    p.add_argument("--device", default=None,
+                   help="auto | cpu | cuda | cuda:N: sets the configuration key device (default: auto)")
+    p.add_argument("--jobs-per-gpu", type=int, default=1,
+                   help="local backend with G visible GPUs: run G*K worker processes, each pinned to one GPU "
+                        "(default 1; --jobs applies when no GPU is used)")
     p.add_argument("--results-dir", default="results", help="where results.jsonl and tables go")
     p.add_argument("--cache-dir", default="cache", help="cache of derived artefacts (graphs, masks)")
     p.add_argument("--retry-failed", action="store_true", help="rerun jobs recorded as failed")
@@ -72,21 +86,30 @@ def main(argv=None) -> int:
             raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
         protocols = [p for p in ALL_PROTOCOL_NAMES if p in PROTOCOLS] if args.protocol == "all" else [args.protocol]
         models = _csv(args.models) or names()
+        sets = parse_sets(args.sets)
+        devices, run_pending = _backend(args, sets)
         opts = RunOptions(protocols=protocols, datasets=_csv(args.datasets), models=models, seeds=seeds,
-                          data_root=args.data_root, quick=args.quick, full=args.full, sets=parse_sets(args.sets),
+                          data_root=args.data_root, quick=args.quick, full=args.full, sets=sets,
                           jobs=args.jobs, results_dir=args.results_dir, cache_dir=args.cache_dir, scale=args.scale,
                           retry_failed=args.retry_failed, progress=not args.no_progress)
         p = plan(opts)
-    except (UnknownModelError, ConfigError, ProtocolError, DataError, FileNotFoundError, ValueError) as exc:
+    except (UnknownModelError, ConfigError, ProtocolError, DataError, FileNotFoundError, ValueError,
+            RayBackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_banner(p, protocols, models)
+    if devices:
+        print(f"local workers: {len(devices)} GPU slot(s) ({', '.join(devices)})")
     store = ResultStore(args.results_dir)
     try:
-        counts = execute(p.jobs, store, n_workers=args.jobs, progress=opts.progress, retry_failed=args.retry_failed)
+        counts = execute(p.jobs, store, n_workers=args.jobs, progress=opts.progress, retry_failed=args.retry_failed,
+                         devices=devices, run_pending=run_pending)
     except KeyboardInterrupt:
         print("\ninterrupted: finished jobs are in the store; rerun the same command to resume", file=sys.stderr)
         return 130
+    except RayBackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     planned = {j["job_id"] for j in p.jobs}
     records = [r for r in store.records() if r["job_id"] in planned]
     written = write_report(records, Path(args.results_dir), protocols, store)
@@ -97,6 +120,29 @@ def main(argv=None) -> int:
         print(f"  failed: {r['model']} on {r['dataset']} seed {r['seed']}: {r.get('error', '?')}")
     print("tables: " + ", ".join(str(w) for w in written if w.suffix == ".md"))
     return 0
+
+
+# --------------------------------------------------------------------------- backends and devices
+
+def _backend(args, sets: dict):
+    """Apply --device to the configuration; return (local GPU worker slots or None, the Ray runner or None)."""
+    if args.device is not None:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+        if "device" in sets and str(sets["device"]) != args.device:
+            raise ValueError(f"--device {args.device} contradicts --set device={sets['device']}")
+        sets["device"] = args.device
+    if args.address and args.backend != "ray":
+        raise ValueError("--address needs --backend ray")
+    if args.backend == "ray":
+        if args.jobs_per_gpu != 1:
+            raise ValueError("--jobs-per-gpu is for the local backend; with --backend ray set the GPU share of a job "
+                             "with --set resources_gpus=0.5 (two jobs per GPU) etc.")
+        from benchmarks.ray_backend import RayBackend, import_ray
+        import_ray()  # fail now, with the install hint, if Ray is missing
+        return None, RayBackend(address=args.address).run
+    slots = gpu_worker_slots(sets.get("device", "auto"), args.jobs_per_gpu)  # validates --device here
+    return (slots if args.jobs > 0 else None), None
 
 
 if __name__ == "__main__":

@@ -88,14 +88,14 @@ def plan(opts: RunOptions) -> Plan:
                 for ratio in proto.ratios(ds, cfg):
                     for seed in seeds:
                         group_identity = {"model": entry.name, "dataset": ref.name, "protocol": proto.job_protocol,
-                                          "missing_ratio": ratio, "seed": seed, "config": cfg,
+                                          "missing_ratio": ratio, "seed": seed, "config": identity_config(cfg),
                                           "fingerprint": fingerprint}
                         settings = expand_grid(cfg, entry.cls.list_params)
                         if cfg.get("grid_limit"):  # quick runs train only the first grid setting(s)
                             settings = settings[:int(cfg["grid_limit"])]
                         for setting in settings:
                             setting = dict(setting, seed=seed, missing_ratio=ratio)
-                            identity = dict(group_identity, config=setting)
+                            identity = dict(group_identity, config=identity_config(setting))
                             jobs.append({
                                 "job_id": job_id(identity), "grid_group": job_id(group_identity),
                                 "grid_keys": setting["grid_keys"], "grid_size": len(settings),
@@ -118,8 +118,14 @@ def _worker_init(threads: int):
 
 
 def execute(jobs: list[dict], store: ResultStore, n_workers: int = 1, progress: bool = True,
-            retry_failed: bool = False, on_record=None) -> dict:
-    """Run the jobs not yet in the store; return counts of what happened."""
+            retry_failed: bool = False, on_record=None, devices: list[str] | None = None,
+            run_pending=None) -> dict:
+    """Run the jobs not yet in the store; return counts of what happened.
+
+    ``devices``: one device per worker process (``gpu_worker_slots``), which then replaces
+    ``n_workers``. ``run_pending(pending, record)``: another backend (``ray_backend.RayBackend.run``)
+    that runs the pending jobs and calls ``record`` with each record; the driver appends them.
+    """
     done = store.finished_ids(retry_failed=retry_failed)
     seen, pending = set(), []
     for j in jobs:
@@ -142,9 +148,13 @@ def execute(jobs: list[dict], store: ResultStore, n_workers: int = 1, progress: 
             on_record(rec)
 
     try:
-        if n_workers <= 0:
+        if run_pending is not None:
+            run_pending(pending, record)
+        elif n_workers <= 0:
             for spec in pending:
                 record(run_job(spec, progress=progress))
+        elif devices:
+            _run_pool(pending, len(devices), record, devices=devices)
         else:
             _run_pool(pending, n_workers, record)
     finally:
@@ -153,15 +163,23 @@ def execute(jobs: list[dict], store: ResultStore, n_workers: int = 1, progress: 
     return counts
 
 
-def _run_pool(pending: list[dict], n_workers: int, record) -> None:
+def _run_pool(pending: list[dict], n_workers: int, record, devices: list[str] | None = None) -> None:
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     crashes: dict[str, int] = {}
     queue = list(pending)
     while queue:
         ctx = mp.get_context("spawn")
-        pool = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
-                                      initargs=(threads,))
-        futures = {pool.submit(run_job, spec, False): spec for spec in queue}
+        if devices:  # one device per worker: each worker takes one slot from a queue when it starts
+            slots = ctx.Queue()
+            for d in devices:
+                slots.put(d)
+            pool = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_slot_worker_init,
+                                          initargs=(threads, slots))
+            futures = {pool.submit(_run_on_slot, spec): spec for spec in queue}
+        else:
+            pool = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
+                                          initargs=(threads,))
+            futures = {pool.submit(run_job, spec, False): spec for spec in queue}
         queue = []
         try:
             for fut in cf.as_completed(futures):
@@ -190,6 +208,69 @@ def _crash_record(spec: dict) -> dict:
     rec.update(status="failed", error="the worker process died twice while running this job "
                                       "(killed, or out of memory at the operating-system level)")
     return rec
+
+
+# --------------------------------------------------------------------------- job identity
+
+RESOURCE_KEY_PREFIX = "resources_"
+
+
+def identity_config(cfg: dict) -> dict:
+    """The configuration that identifies a job: without the ``resources_*`` keys (what a job asks
+    the Ray backend for does not change what it computes, so it neither reruns nor duplicates it)."""
+    return {k: v for k, v in cfg.items() if not k.startswith(RESOURCE_KEY_PREFIX)}
+
+
+# --------------------------------------------------------------------------- GPU worker slots (local backend)
+
+_SLOT_DEVICE: str | None = None  # the device of this worker process (set by _slot_worker_init)
+
+
+def gpu_worker_slots(device: str | None, jobs_per_gpu: int = 1, gpu_count: int | None = None) -> list[str] | None:
+    """The device of each local worker slot, or None for CPU workers (``--jobs`` then applies).
+
+    With G visible GPUs and ``device`` auto or cuda: G*K slots, slot s on ``cuda:{s % G}``;
+    ``cuda:N``: K slots on GPU N; ``cpu``, or auto without a GPU: None.
+    """
+    import re
+
+    import torch
+    if jobs_per_gpu < 1:
+        raise ValueError(f"--jobs-per-gpu must be >= 1, got {jobs_per_gpu}")
+    device = str(device or "auto")
+    m = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", device)
+    if not m or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if m.group(1) == "cpu":
+        return None
+    gpus = torch.cuda.device_count() if gpu_count is None else gpu_count
+    if gpus == 0:
+        if m.group(1) == "cuda":
+            raise ValueError(f"device {device!r} requested but no CUDA GPU is visible")
+        return None
+    if m.group(2) is not None:
+        index = int(m.group(2))
+        if index >= gpus:
+            raise ValueError(f"device {device!r} requested but only {gpus} GPU(s) are visible (cuda:0..cuda:{gpus - 1})")
+        return [device] * jobs_per_gpu
+    return [f"cuda:{s % gpus}" for s in range(gpus * jobs_per_gpu)]
+
+
+def _slot_worker_init(threads: int, slots) -> None:
+    global _SLOT_DEVICE
+    _worker_init(threads)
+    _SLOT_DEVICE = slots.get(timeout=120)
+    import torch
+    if _SLOT_DEVICE.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(torch.device(_SLOT_DEVICE))
+
+
+def _run_on_slot(spec: dict) -> dict:
+    """Run a job on this worker's device (a job configured for the CPU stays there)."""
+    device = str(spec["config"].get("device") or "auto")
+    if _SLOT_DEVICE is not None and (device == "auto" or device.startswith("cuda")):
+        spec = dict(spec, config=dict(spec["config"], device=_SLOT_DEVICE))
+    return run_job(spec, False)
 
 
 def print_banner(p: Plan, protocols, models, stream=sys.stdout) -> None:
