@@ -69,6 +69,16 @@ def seed_everything(seed: int, deterministic: bool = False) -> np.random.Generat
     return np.random.default_rng(seed)
 
 
+def make_adam(params, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where torch has one (CPU and CUDA): the same update rule,
+    several times faster on large parameter tables such as trainable raw features."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
 def lr_factor(scheduler) -> callable:
     gamma, step = (float(scheduler[0]), float(scheduler[1])) if scheduler else (1.0, 1.0)
     return lambda epoch: gamma ** (epoch / step)
@@ -89,8 +99,8 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
     if valid_metric not in {f"{m}@{k}" for m in evaluator.metrics for k in evaluator.topk}:
         raise ValueError(f"valid_metric {valid_metric!r} is not among the computed metrics "
                          f"{config['metrics']} @ {config['topk']}")
-    optimizer = torch.optim.Adam(model.optimizer_parameters(), lr=float(config["learning_rate"]),
-                                 weight_decay=float(config.get("weight_decay", 0.0)))
+    optimizer = make_adam(model.optimizer_parameters(), lr=float(config["learning_rate"]),
+                          weight_decay=float(config.get("weight_decay", 0.0)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.get("learning_rate_scheduler")))
     sampler = BPRSampler(task, rng)
     max_seconds = config.get("max_train_seconds")
