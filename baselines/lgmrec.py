@@ -21,7 +21,7 @@ from torch import nn
 
 from models.base import Recommender
 from models.graphs import hypergraph_propagate, lightgcn_t, sparse_with_transpose, spmm_t, ui_adjacency
-from models.losses import bpr_loss, emb_norm, nce_over_candidates
+from models.losses import bpr_loss, emb_norm, nce_over_lowrank_candidates
 from models.registry import register
 
 # Modality pairs (x, y) of the three-modality contrast, as in the reference: v→t, a→v, t→a.
@@ -99,8 +99,10 @@ class LGMRec(Recommender):
             ih, uh = self._memberships(ih), self._memberships(uh)
             ih = F.dropout(ih, p_drop, self.training)
             uh = F.dropout(uh, p_drop, self.training)
-            hyper[m] = hypergraph_propagate(ih, uh, cge_items, self.n_hyper_layer)
-        glob = sum(torch.cat([u, i], dim=0) for u, i in hyper.values())
+            # (users, items, memberships of users, of items, hyperedge states): users = uh·lat, items = ih·lat
+            u, i, lat = hypergraph_propagate(ih, uh, cge_items, self.n_hyper_layer, return_latent=True)
+            hyper[m] = (u, i, uh, ih, lat)
+        glob = sum(torch.cat([h[0], h[1]], dim=0) for h in hyper.values())
         final = local + self.alpha * F.normalize(glob, dim=1)
         return final[:self.n_users], final[self.n_users:], hyper
 
@@ -113,13 +115,16 @@ class LGMRec(Recommender):
             return pos, None
         return torch.unique(pos[self.complete_mask[pos]]), self.complete_ids
 
-    def _contrast(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor | None):
-        """−Σ_r log(exp(cos(x_r, y_r)/τ) / Σ_c exp(cos(x_r, y_c)/τ)) over ``rows`` (duplicates count
-        as often as they occur), candidates ``cand`` (None: every row of y)."""
+    def _contrast(self, x: torch.Tensor, y_factors: torch.Tensor, y_basis: torch.Tensor, rows: torch.Tensor,
+                  cand: torch.Tensor | None):
+        """−Σ_r log(exp(cos(x_r, y_r)/τ) / Σ_c exp(cos(x_r, y_c)/τ)) over ``rows`` (duplicates count as
+        often as they occur), candidates ``cand`` (None: all rows of y). y = y_factors · y_basis is
+        a hypergraph embedding (memberships × hyperedge states), so the logits are rank h."""
         ids, counts = torch.unique(rows, return_counts=True)
         if cand is None:
-            return nce_over_candidates(x[ids], y, ids, self.tau, counts)
-        return nce_over_candidates(x[ids], y[cand], torch.searchsorted(cand, ids), self.tau, counts)
+            return nce_over_lowrank_candidates(x[ids], y_factors, y_basis, ids, self.tau, counts)
+        return nce_over_lowrank_candidates(x[ids], y_factors[cand], y_basis, torch.searchsorted(cand, ids),
+                                           self.tau, counts)
 
     def calculate_loss(self, users, pos, neg):
         u_all, i_all, hyper = self.forward()
@@ -129,8 +134,9 @@ class LGMRec(Recommender):
         pairs = PAIRS_3 if self.three else ((self.mods[0], self.mods[1]),)
         hcl = 0.0
         for x, y in pairs:
-            (ux, ix), (uy, iy) = hyper[x], hyper[y]
-            hcl = hcl + self._contrast(ux, uy, users, None) + self._contrast(ix, iy, rows, cand)
+            ux, ix = hyper[x][:2]
+            _, _, uh_y, ih_y, lat_y = hyper[y]
+            hcl = hcl + self._contrast(ux, uh_y, lat_y, users, None) + self._contrast(ix, ih_y, lat_y, rows, cand)
         if self.three:
             hcl = hcl / 3.0
         loss = loss + self.cl_weight * hcl

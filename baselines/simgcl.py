@@ -39,12 +39,14 @@ class SimGCL(Recommender):
     def perturbed(self):
         """Each layer's output plus sign(E) ⊙ norm(U[0,1)) · eps, fresh noise per layer and call."""
         e = self._ego()
-        layers = [] if self.skip_layer0 else [e]
+        total = None if self.skip_layer0 else e
         for _ in range(self.n_layers):
             e = spmm_t(self.adj, self.adj, e)
-            e = e + torch.sign(e) * F.normalize(torch.rand_like(e), dim=-1) * self.eps
-            layers.append(e)
-        out = torch.stack(layers, dim=0).mean(dim=0)
+            with torch.no_grad():  # sign() has zero gradient: the noise is a constant shift for autograd
+                noise = F.normalize(torch.rand_like(e), dim=-1).mul_(self.eps).mul_(torch.sign(e))
+            e = e + noise
+            total = e if total is None else total + e
+        out = total / (self.n_layers + (0 if self.skip_layer0 else 1))
         return out[:self.n_users], out[self.n_users:]
 
     def calculate_loss(self, users, pos, neg):

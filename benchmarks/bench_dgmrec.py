@@ -34,6 +34,30 @@ DEFAULT_ROOT = PROJECT.parent / "shared" / "data" / "reference"
 TARGETS_GIB = {"clothing": 8.0, "elec": 20.0}
 
 
+def start_memory_guard(min_free_gib: float) -> None:
+    """Exit (status 3) if the machine's MemAvailable drops below ``min_free_gib``: a benchmark must
+    not push other processes on a shared machine into the OOM killer."""
+    import os
+    import threading
+
+    def available_gib() -> float:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2 ** 20
+        return float("inf")
+
+    def watch():
+        while True:
+            if available_gib() < min_free_gib:
+                print(f"aborted: machine memory available below {min_free_gib} GiB", file=sys.stderr, flush=True)
+                os._exit(3)
+            time.sleep(0.2)
+
+    if min_free_gib > 0 and Path("/proc/meminfo").is_file():
+        threading.Thread(target=watch, daemon=True).start()
+
+
 def matmul_gflops(n: int = 1024, repeats: int = 3) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     best = float("inf")
@@ -192,14 +216,18 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--max-batches", type=int, default=0,
                     help="Amazon parts: cut the epoch after this many batches (0: the whole epoch)")
+    ap.add_argument("--min-free-gib", type=float, default=1.0,
+                    help="abort a part when the machine's available memory falls below this (shared machines)")
     ap.add_argument("--cache-dir", default=None, help="artifact cache for the kNN graphs (reruns skip the build)")
     ap.add_argument("--single", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.single:
+        start_memory_guard(args.min_free_gib)
         print("RESULT " + json.dumps(run_part(args.single, args)), flush=True)
         return
     for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
         cmd = [sys.executable, "-m", "benchmarks.bench_dgmrec", "--single", part, "--data-root", args.data_root,
+               "--min-free-gib", str(args.min_free_gib),
                "--epochs", str(args.epochs), "--threads", str(args.threads), "--max-batches", str(args.max_batches)]
         if args.cache_dir:
             cmd += ["--cache-dir", args.cache_dir]

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import knn_graph, spmm_t, to_torch_sparse, ui_adjacency
+from models.graphs import knn_graph, lightgcn_t, sparse_with_transpose, spmm_t, ui_adjacency
 from models.losses import bpr_loss, emb_norm, info_nce_indexed as nce
 from models.registry import register
 
@@ -81,6 +81,49 @@ def blend_rows(graph: sp.csr_matrix, rebuilt: sp.csr_matrix, rows: np.ndarray, l
     out = sp.csr_matrix(keep + new, dtype=np.float32)
     out.eliminate_zeros()
     return out
+
+
+class _DecoderMSE(torch.autograd.Function):
+    """MSE(z Wᵀ + b, X) (element mean) in row chunks, with its gradients taken in the same pass.
+
+    The decoder output and the residual exist one chunk at a time, so the recon loss of a
+    63,001 × 4096 table costs one gradient-sized buffer for X instead of four; the input z
+    is the detached decoder input, so it gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, z, weight, bias, target):
+        n, dim = target.shape
+        total = max(n * dim, 1)
+        chunk = max(1, (1 << 24) // max(dim, 1))
+        need_t = ctx.needs_input_grad[3]
+        g_w, g_b = torch.zeros_like(weight), torch.zeros_like(bias)
+        g_x = torch.empty_like(target) if need_t else None
+        loss = z.new_zeros(())
+        with torch.no_grad():
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                diff = torch.addmm(bias, z[lo:hi], weight.T).sub_(target[lo:hi])
+                flat = diff.reshape(-1)
+                loss += torch.dot(flat, flat)
+                diff.mul_(2.0 / total)
+                g_w.addmm_(diff.T, z[lo:hi])
+                g_b += diff.sum(dim=0)
+                if need_t:
+                    torch.neg(diff, out=g_x[lo:hi])
+        ctx.grads = (g_w, g_b, g_x)
+        return loss / total
+
+    @staticmethod
+    def backward(ctx, grad):
+        g_w, g_b, g_x = ctx.grads
+        ctx.grads = None
+        return (None, g_w * grad, g_b * grad, g_x.mul_(grad) if g_x is not None else None)
+
+
+def decoder_mse(decoder: nn.Linear, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``F.mse_loss(decoder(z), target)`` for a detached ``z`` (gradients reach the decoder and target)."""
+    return _DecoderMSE.apply(z.detach(), decoder.weight, decoder.bias, target)
 
 
 class CLUBSample(nn.Module):
@@ -200,8 +243,7 @@ class DGMRec(Recommender):
         # ---- user-item structure
         self.ui_adj = ui_adjacency(task, dev)
         r = task.train_matrix()
-        self.R = to_torch_sparse(r, dev)
-        self.RT = to_torch_sparse(r.T.tocsr(), dev)  # transposes kept for the backward products
+        self.R, self.RT = sparse_with_transpose(r, dev)  # each serves the other's backward product
         deg_u = np.asarray(r.sum(axis=1)).ravel()
         deg_i = np.asarray(r.sum(axis=0)).ravel()
         self.register_buffer("inv_u", torch.from_numpy((1.0 / (deg_u + 1e-7)).astype(np.float32)).unsqueeze(1))
@@ -285,7 +327,7 @@ class DGMRec(Recommender):
         return sp.csr_matrix(g, dtype=np.float32, copy=True)
 
     def _torch_pair(self, g: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
-        return to_torch_sparse(g, self.device), to_torch_sparse(g.T.tocsr(), self.device)
+        return sparse_with_transpose(g, self.device)
 
     def _scoring_graphs(self) -> dict:
         if self.eval_graph == "refreshed" and not self.new_mode:
@@ -351,12 +393,8 @@ class DGMRec(Recommender):
 
     def cf_embeddings(self):
         """LightGCN: mean of E0, ÂE0, ..., Â^L E0 (Â symmetric, so it is its own transpose)."""
-        e = torch.cat([self.user_embedding, self.item_id_embedding], dim=0)
-        total = e
-        for _ in range(self.n_ui_layers):
-            e = spmm_t(self.ui_adj, self.ui_adj, e)
-            total = total + e
-        out = total / (self.n_ui_layers + 1)
+        out = lightgcn_t(self.ui_adj, torch.cat([self.user_embedding, self.item_id_embedding], dim=0),
+                         self.n_ui_layers)
         return out[:self.n_users], out[self.n_users:]
 
     def fuse(self, h: torch.Tensor, gparts: dict, sparts: dict) -> torch.Tensor:
@@ -424,13 +462,12 @@ class DGMRec(Recommender):
 
         recon = zero
         for m in self.mods:
-            rec = self.decoder[m](perturb(torch.cat([gbar[m], sbar[m]], dim=1).detach(), self.perturb_scale))
+            z = perturb(torch.cat([gbar[m], sbar[m]], dim=1).detach(), self.perturb_scale)
             target = self.feat[m].detach() if self.fix["fix_recon_target"] else self.feat[m]
             if self.fix["fix_recon_rows"]:
                 rows = self.recon_rows[m]
-                recon = recon + masked_mse(rec[rows], target[rows])
-            else:
-                recon = recon + F.mse_loss(rec, target)
+                z, target = z[rows], target[rows]
+            recon = recon + decoder_mse(self.decoder[m], z, target)
         terms["recon"] = recon
         return terms
 

@@ -192,9 +192,11 @@ class _EpsNCE(torch.autograd.Function):
         a, b, e, denom, ratio = ctx.saved_tensors
         n = a.shape[0]
         w = grad * ratio / (n * (ratio + ctx.eps))          # −dL/d log(ratio_i)
-        g = e * (w / denom).unsqueeze(1)                     # d loss / d logits, off-diagonal part
-        g.diagonal().sub_(w)
-        return g @ b, g.T @ a, None
+        # d loss / d logits = diag(s) e − diag(w) with s = w / denom; the row scaling is applied to
+        # the n×d factors instead of the n×n matrix (no n² pass besides the two products).
+        s = (w / denom).unsqueeze(1)
+        w = w.unsqueeze(1)
+        return (e @ b).mul_(s).sub_(w * b), (e.T @ (a * s)).sub_(w * a), None
 
 
 def info_nce_eps_fused(a: torch.Tensor, b: torch.Tensor, temperature: float, eps: float = 1e-9) -> torch.Tensor:

@@ -16,7 +16,8 @@ from data_prep.synthetic import make_replica
 from models import registry
 from models.graphs import (binary_sym_normalize, cached_knn_graph, cooccurrence_graph, denoised_knn_graphs,
                            shared_neighbours, topk_cosine_edges, weighted_propagate)
-from models.losses import batch_info_nce, bernoulli_kl, info_nce, nce_over_candidates, neighbour_discrimination
+from models.losses import (batch_info_nce, bernoulli_kl, info_nce, nce_over_candidates, nce_over_lowrank_candidates,
+                           neighbour_discrimination)
 
 MODELS = ("LATTICE", "MGCN", "LGMRec", "DAMRS", "GUME")
 
@@ -173,6 +174,14 @@ def test_losses_against_formulas():
     (g1,) = torch.autograd.grad(got, a_)
     (g2,) = torch.autograd.grad(naive, a2)
     assert torch.allclose(g1, g2, atol=1e-5)
+    # low-rank candidates (LGMRec: hypergraph memberships × hyperedge states) give the same value and gradients
+    fac, basis = torch.rand(7, 3, requires_grad=True), torch.randn(3, 4, requires_grad=True)
+    w = torch.tensor([2, 1, 1, 1, 1])
+    full = nce_over_candidates(a, fac @ basis, labels, 0.2, w)
+    low = nce_over_lowrank_candidates(a, fac, basis, labels, 0.2, w)
+    assert torch.allclose(full, low, rtol=1e-5)
+    gf, gl = torch.autograd.grad(full, (fac, basis)), torch.autograd.grad(low, (fac, basis))
+    assert all(torch.allclose(p_, q_, atol=1e-5) for p_, q_ in zip(gf, gl))
     # MGCN / GUME batch InfoNCE on distinct ids == the reference's info_nce over duplicated rows
     x, y = torch.randn(9, 4, requires_grad=True), torch.randn(9, 4, requires_grad=True)
     ids = torch.tensor([3, 1, 3, 3, 8, 0, 1])
@@ -201,15 +210,19 @@ def test_short_epoch_and_scores(tasks, name, kind, proto):
     task = tasks[(kind, proto)]
     model, cfg = build(name, task)
     assert len(model.mods) == len(task.modalities) == (2 if kind == "baby" else 3)
-    opt = torch.optim.Adam(model.optimizer_parameters(), lr=1e-3)
+    params = list(model.optimizer_parameters())
     model.train()
     model.pre_epoch(0)
     for users, pos, neg in batches(task, min(256, int(cfg["train_batch_size"])), 2):
         loss = model.calculate_loss(users, pos, neg)
         assert loss.dim() == 0 and torch.isfinite(loss)
-        opt.zero_grad()
+        model.zero_grad()
         loss.backward()
-        opt.step()
+        with torch.no_grad():  # plain SGD step (a torch optimiser's first use imports torch._dynamo: ~10 s)
+            for p in params:
+                if p.grad is not None:
+                    assert torch.isfinite(p.grad).all()
+                    p -= 1e-2 * p.grad
     model.eval()
     with torch.no_grad():
         model.begin_scoring()
