@@ -31,7 +31,7 @@ from torch import nn
 from models.base import Recommender
 from models.graphs import (binary_sym_normalize, cooccurrence_graph, denoised_knn_graphs, lightgcn_t,
                            sparse_with_transpose, spmm_t, ui_adjacency)
-from models.losses import bernoulli_kl, neighbour_discrimination
+from models.losses import neighbour_discrimination, symmetric_bernoulli_kl
 from models.registry import register
 
 # Pseudo-label sources per target view: (other views..., target). Two modalities: t, v, s
@@ -180,7 +180,7 @@ class DAMRS(Recommender):
         it = self._view_mean(h)
         zg = u_all[u_id] @ F.normalize(i_all[i_id], dim=1).T
         zt = u_all[u_id] @ F.normalize(it[i_id], dim=1).T
-        kl = (bernoulli_kl(zg, zt) + bernoulli_kl(zt, zg)).mean()
+        kl = symmetric_bernoulli_kl(zg, zt).mean()  # mean of KL(g‖t) + KL(t‖g)
 
         u = u_all[users]
         pos_w, neg_w = self._sample_weights(u, h, pos, neg)

@@ -69,25 +69,29 @@ class MILK(Recommender):
     def calculate_loss(self, users, pos, neg):
         rows, inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
         f = self.projections(rows)  # only the batch's items: the same values and gradients as all items
-        count = self.modality_count[rows].unsqueeze(1)
+        count = self.modality_count.index_select(0, rows)
         ip, ineg = inv[:len(pos)], inv[len(pos):]
-        u = self.user_embedding[users]
-        losses, reg = [], None
-        for env in self.environments():
-            item = count * sum(float(w) * f[m] for w, m in zip(env, self.mods))
-            p, n = item[ip], item[ineg]
-            losses.append(F.softplus((u * n).sum(1) - (u * p).sum(1)).mean())
-            if reg is None:
-                reg = 0.5 * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / len(users)
-        losses = torch.stack(losses)
+        u = self.user_embedding.index_select(0, users)
+        fp = {m: f[m].index_select(0, ip) for m in self.mods}
+        fn = {m: f[m].index_select(0, ineg) for m in self.mods}
+        cp, cn = count.index_select(0, ip), count.index_select(0, ineg)
+        # ⟨u, c Σ_m w_m f_m⟩ = c Σ_m w_m ⟨u, f_m⟩: per-modality scores once, then one small
+        # product per environment (the same values as forming every environment's item vectors).
+        sp = torch.stack([(u * fp[m]).sum(1) for m in self.mods], dim=1)
+        sn = torch.stack([(u * fn[m]).sum(1) for m in self.mods], dim=1)
+        envs = torch.as_tensor(np.stack(self.environments()), dtype=u.dtype, device=u.device)  # (E, M)
+        losses = F.softplus(cn.unsqueeze(1) * (sn @ envs.T) - cp.unsqueeze(1) * (sp @ envs.T)).mean(dim=0)
+        p0 = cp.unsqueeze(1) * sum(envs[0, k] * fp[m] for k, m in enumerate(self.mods))
+        n0 = cn.unsqueeze(1) * sum(envs[0, k] * fn[m] for k, m in enumerate(self.mods))
+        reg = 0.5 * (u.pow(2).sum() + p0.pow(2).sum() + n0.pow(2).sum()) / len(users)
         align = u.new_zeros(())
         upos = torch.unique(pos)
         upos_local = torch.searchsorted(rows, upos)
         for x, y in self.pairs:
-            keep = ~self._excluded[(x, y)][upos]
+            keep = ~self._excluded[(x, y)].index_select(0, upos)
             if keep.any():  # an empty selection would make the reference's MSE NaN
                 j = upos_local[keep]
-                align = align + F.mse_loss(f[x][j], f[y][j])
+                align = align + F.mse_loss(f[x].index_select(0, j), f[y].index_select(0, j))
         return losses.sum() + self.reg_coeff * reg + self.align_coeff * align + \
             self.penalty_coeff * losses.var()
 

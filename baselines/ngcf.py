@@ -48,21 +48,29 @@ class NGCF(Recommender):
         for k, (gc, bi, p) in enumerate(zip(self.gc, self.bi, self.dropout)):
             side = spmm_t(self.adj, self.adj, ego)  # symmetric: its own transpose
             if rows is not None and k == last:
-                side, ego = side[rows], ego[rows]
+                side, ego = side.index_select(0, rows), ego.index_select(0, rows)
             # One LeakyReLU over both messages (the reference; the paper applies one to each).
             ego = F.leaky_relu(gc(side + ego) + bi(ego * side), negative_slope=0.2)
-            ego = F.dropout(ego, p=p, training=self.training)
+            ego = self._dropout(ego, p)
             outs.append(F.normalize(ego, dim=1))
         if rows is not None:
-            outs = [o[rows] for o in outs[:-1]] + outs[-1:]
+            outs = [o.index_select(0, rows) for o in outs[:-1]] + outs[-1:]
         return torch.cat(outs, dim=1)
+
+    def _dropout(self, x, p):
+        """Inverted dropout with a mask from uniform draws (F.dropout's law; its bernoulli_ is slower on CPU)."""
+        if not self.training or p == 0.0:
+            return x
+        with torch.no_grad():
+            mask = torch.rand_like(x).ge_(p).to(x.dtype).mul_(1.0 / (1.0 - p))
+        return x * mask
 
     def calculate_loss(self, users, pos, neg):
         uu, ui = torch.unique(users, return_inverse=True)
         ii, ik = torch.unique(torch.cat([pos, neg]), return_inverse=True)
         out = self.propagate(torch.cat([uu, ii + self.n_users]))
-        u = out[ui]
-        items = out[len(uu) + ik]
+        u = out.index_select(0, ui)
+        items = out.index_select(0, len(uu) + ik)
         p, n = items[:len(pos)], items[len(pos):]
         loss = bpr_loss((u * p).sum(1), (u * n).sum(1), gamma=1e-10)
         return loss + self.reg_weight * emb_norm(u, p, n)

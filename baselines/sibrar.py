@@ -67,14 +67,16 @@ class SIBRAR(Recommender):
     def calculate_loss(self, users, pos, neg):
         rows, inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
         src = self.sources(rows)  # only the batch's items: the same values and gradients as all items
-        sp, sn = src[inv[:len(pos)]], src[inv[len(pos):]]
+        n_src, d = src.shape[1], src.shape[2]
+        flat = src.reshape(-1, d)  # row (item r, source k) at r * n_src + k
+        ip, ineg = inv[:len(pos)] * n_src, inv[len(pos):] * n_src
         k1, k2 = self.sample_sources(pos)
-        r = torch.arange(len(pos), device=pos.device)
         two = k2 >= 0
         k2c = k2.clamp(min=0)
-        p1, p2, n1, n2 = sp[r, k1], sp[r, k2c], sn[r, k1], sn[r, k2c]
+        p1, p2 = flat.index_select(0, ip + k1), flat.index_select(0, ip + k2c)
+        n1, n2 = flat.index_select(0, ineg + k1), flat.index_select(0, ineg + k2c)
         w = two.unsqueeze(1).to(p2.dtype)
-        u = self.user_embedding[users]
+        u = self.user_embedding.index_select(0, users)
         loss = bpr_loss((u * (p1 + w * p2)).sum(1), (u * (n1 + w * n2)).sum(1))
         pos_s = (p1 * p2).sum(1) / self.temp
         neg_1 = (p1 * n2).sum(1) / self.temp

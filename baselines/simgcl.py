@@ -51,13 +51,13 @@ class SimGCL(Recommender):
 
     def calculate_loss(self, users, pos, neg):
         u_all, i_all = self.propagate()
-        u = u_all[users]
-        loss = bpr_loss((u * i_all[pos]).sum(1), (u * i_all[neg]).sum(1))
+        u = u_all.index_select(0, users)
+        loss = bpr_loss((u * i_all.index_select(0, pos)).sum(1), (u * i_all.index_select(0, neg)).sum(1))
         (u1, i1), (u2, i2) = self.perturbed(), self.perturbed()
         uid = torch.unique(users)
         iid = torch.unique(torch.cat([pos, neg]))
-        cl = info_nce_eps_fused(u1[uid], u2[uid], self.temperature, 1e-9) + \
-            info_nce_eps_fused(i1[iid], i2[iid], self.temperature, 1e-9)
+        cl = info_nce_eps_fused(u1.index_select(0, uid), u2.index_select(0, uid), self.temperature, 1e-9) + \
+            info_nce_eps_fused(i1.index_select(0, iid), i2.index_select(0, iid), self.temperature, 1e-9)
         return loss + self.cl_weight * cl
 
     def begin_scoring(self):

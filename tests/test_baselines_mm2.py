@@ -17,7 +17,7 @@ from models import registry
 from models.graphs import (binary_sym_normalize, cached_knn_graph, cooccurrence_graph, denoised_knn_graphs,
                            shared_neighbours, topk_cosine_edges, weighted_propagate)
 from models.losses import (batch_info_nce, bernoulli_kl, info_nce, nce_over_candidates, nce_over_lowrank_candidates,
-                           neighbour_discrimination)
+                           neighbour_discrimination, symmetric_bernoulli_kl)
 
 MODELS = ("LATTICE", "MGCN", "LGMRec", "DAMRS", "GUME")
 
@@ -199,6 +199,7 @@ def test_losses_against_formulas():
     want = sp_ * torch.log(sp_) - sp_ * torch.log(sq_) + (1 - sp_) * torch.log(1 - sp_) - (1 - sp_) * torch.log(1 - sq_)
     assert torch.allclose(bernoulli_kl(p, q), want, atol=1e-6)
     assert torch.isfinite(bernoulli_kl(torch.tensor([60.0]), torch.tensor([-60.0]))).all()
+    assert torch.allclose(symmetric_bernoulli_kl(p, q), bernoulli_kl(p, q) + bernoulli_kl(q, p), atol=1e-6)
 
 
 # --------------------------------------------------------------------------- one short epoch each
