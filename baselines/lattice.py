@@ -40,7 +40,7 @@ from models.registry import register
 @register("LATTICE")
 class LATTICE(Recommender):
     group = "multi-modal"
-    list_params = ("weight_size", "mess_dropout")
+    list_params = ("weight_size",)
 
     def __init__(self, config, task):
         super().__init__(config, task)
