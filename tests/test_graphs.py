@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models.graphs import bipartite, knn_graph, lightgcn, sym_normalize, to_torch_sparse
-from models.losses import bpr_loss, emb_norm, info_nce, squared_l2
+from models.losses import bpr_loss, emb_norm, info_nce, info_nce_eps_fused, squared_l2
 
 
 def dense_knn(x, k, before=None, after=None):
@@ -77,3 +77,19 @@ def test_losses_by_hand():
     assert info_nce(x, y, t).item() == pytest.approx(want, rel=1e-5)
     want_eps = np.mean([-np.log(np.exp(logits[r, r]) / (np.exp(logits[r]).sum() + 1e-9) + 1e-9) for r in range(2)])
     assert info_nce(x, y, t, eps=1e-9).item() == pytest.approx(want_eps, rel=1e-5)
+
+
+@pytest.mark.parametrize("eps", [1e-9, 0.3])
+def test_fused_eps_nce_matches_autograd_form(eps):
+    # SGL and SimGCL train with the fused form; value and both gradients must equal the plain
+    # autograd NCE_eps (eps=0.3 makes the eps terms matter, 1e-9 is the reference value).
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    want = info_nce(a, b, 0.2, eps=eps)
+    ga, gb = torch.autograd.grad(want, (a, b))
+    got = info_nce_eps_fused(a, b, 0.2, eps=eps)
+    fa, fb = torch.autograd.grad(got, (a, b))
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    torch.testing.assert_close(fa, ga, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fb, gb, rtol=1e-10, atol=1e-12)
