@@ -1,0 +1,145 @@
+"""Fidelity check: our models against the official implementation on identical inputs.
+
+    python -m benchmarks.fidelity                       # every model that has an official figure
+    python -m benchmarks.fidelity --models DGMRec,BM3 --seeds 999,42,2023,2024,2025
+    python -m benchmarks.fidelity --report-only         # tabulate what the store already holds
+
+Runs (or resumes) the ``missing`` protocol on the reference TikTok dataset
+(``../shared/data/reference``) with the official schedule (15 epochs, evaluation after every
+epoch), one job per model and seed, through the ordinary runner, and puts the mean test
+Recall@20 / NDCG@20 over seeds next to the official figures of
+``tiktok-official-results.json``.
+
+Most official figures are a single seed, and one run of a recommender on TikTok moves by 5-15%
+with the seed, so the ratio alone cannot tell a defect from noise. Each row therefore also gives
+``z``: the gap divided by its standard error, ``sqrt(s²/n_ours + s²/n_official)``, where ``s``
+is the seed standard deviation (pooled over our and the official seeds when the official file
+has more than one). The verdict is ``ok`` when the ratio lies within 5%, ``noise`` when it does
+not but |z| < 2 (the gap is within two standard errors of the seed spread), and ``GAP``
+otherwise. The epoch-0 training loss of seed 999 is compared as well: equal first-epoch losses
+mean equal initialisation, losses and batches; where later curves part ways is training
+dynamics, not set-up. The table is written to ``<out>/fidelity.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+from benchmarks.report import select_grid, _unique_jobs
+from benchmarks.store import ResultStore
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
+OFFICIAL = SHARED / "tiktok-official-results.json"
+METRICS = ("recall@20", "ndcg@20")
+TOLERANCE = 0.05
+Z_LIMIT = 2.0
+
+
+def official_runs(path: Path = OFFICIAL) -> dict[str, list[dict]]:
+    """The official ``ok`` missing-protocol runs per model (``partial`` grids count: their
+    recorded setting finished)."""
+    out: dict[str, list[dict]] = {}
+    for rec in json.loads(Path(path).read_text()):
+        if rec.get("protocol") == "missing" and rec.get("test") and rec.get("status") in ("ok", "partial"):
+            out.setdefault(rec["model"], []).append(rec)
+    return out
+
+
+def compare(ours: list[float], official: list[float]) -> dict:
+    """Mean, seed spread, ratio, z and verdict of one metric (see the module docstring)."""
+    a, b = np.asarray(ours, float), np.asarray(official, float)
+    mo, mb = float(a.mean()), float(b.mean())
+    dev = np.concatenate([a - mo, b - mb]) if len(b) > 1 else a - mo
+    dof = len(a) - 1 + (len(b) - 1 if len(b) > 1 else 0)
+    s = math.sqrt(float((dev ** 2).sum()) / dof) if dof > 0 else float("nan")
+    se = s * math.sqrt(1.0 / len(a) + 1.0 / len(b)) if dof > 0 else float("nan")
+    ratio = mo / mb if mb else float("nan")
+    z = (mo - mb) / se if se and se > 0 else float("nan")
+    if abs(ratio - 1.0) <= TOLERANCE:
+        verdict = "ok"
+    elif math.isfinite(z) and abs(z) < Z_LIMIT:
+        verdict = "noise"
+    else:
+        verdict = "GAP"
+    return {"ours": mo, "sd": s, "n": len(a), "official": mb, "n_official": len(b), "ratio": ratio,
+            "z": z, "verdict": verdict}
+
+
+def fidelity_rows(records: list[dict], official: dict[str, list[dict]]) -> list[dict]:
+    recs = [r for r in _unique_jobs(records) if r.get("protocol") == "missing"
+            and r.get("dataset_kind") == "tiktok" and r.get("data_source") == "reference"]
+    by_model: dict[str, list[dict]] = {}
+    for r in select_grid(recs):
+        by_model.setdefault(r["model"], []).append(r)
+    rows = []
+    for model, runs in by_model.items():
+        offs = official.get(model)
+        if not offs:
+            continue
+        row = {"model": model, "seeds": ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))}
+        for m in METRICS:
+            c = compare([r["test"][m] for r in runs], [o["test"][m] for o in offs])
+            tag = "R@20" if m.startswith("recall") else "N@20"
+            row.update({f"ours {tag}": f"{c['ours']:.4f} ± {c['sd']:.4f}" if c["n"] > 1 else f"{c['ours']:.4f}",
+                        f"official {tag}": f"{c['official']:.4f} (n={c['n_official']})",
+                        f"ratio {tag}": round(c["ratio"], 3), f"z {tag}": round(c["z"], 2),
+                        f"{tag}": c["verdict"]})
+        ours0 = [r for r in runs if r["seed"] == 999 and r.get("curve")]
+        off0 = [o for o in offs if o.get("seed") == 999 and o.get("curve")]
+        if ours0 and off0:
+            a, b = ours0[0]["curve"][0].get("train_loss"), off0[0]["curve"][0].get("train_loss")
+            row["epoch-0 loss ours/official"] = f"{a:.4g} / {b:.4g}" if a is not None and b is not None else "–"
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    from models.registry import PAPER_ORDER
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=None, help="comma-separated; default: every model with an official figure")
+    ap.add_argument("--seeds", default="999,42,2023")
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--data-root", default=str(SHARED))
+    ap.add_argument("--official", default=str(OFFICIAL))
+    ap.add_argument("--out", default="results/fidelity")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--report-only", action="store_true", help="do not train; tabulate the store")
+    args = ap.parse_args(argv)
+    if not Path(args.official).is_file():
+        raise SystemExit(f"{args.official}: official results not found (needs ../shared/data/reference)")
+    official = official_runs(Path(args.official))
+    models = [m.strip() for m in args.models.split(",")] if args.models else \
+        [m for m in PAPER_ORDER if m in official]
+    if not args.report_only:
+        from benchmarks.config import parse_sets
+        from benchmarks.runner import RunOptions, execute, plan
+        sets = {"epochs": args.epochs, **parse_sets(args.sets)}
+        opts = RunOptions(protocols=["missing"], datasets=["tiktok"], models=models,
+                          seeds=[int(s) for s in args.seeds.split(",")], data_root=args.data_root, full=True,
+                          sets=sets, jobs=args.jobs, results_dir=args.out,
+                          cache_dir=str(Path(args.out) / "cache"), progress=True)
+        execute(plan(opts).jobs, ResultStore(args.out), n_workers=args.jobs, progress=True)
+    records = [r for r in ResultStore(args.out).records(warn=False) if r.get("model") in models]
+    rows = fidelity_rows(records, official)
+    order = {m: i for i, m in enumerate(PAPER_ORDER)}
+    rows.sort(key=lambda r: order.get(r["model"], 99))
+    table = tabulate(rows, headers="keys", tablefmt="github", missingval="–")
+    text = (f"**Fidelity on the reference TikTok data ({args.epochs} epochs, missing protocol, mean over seeds). "
+            f"ok: ratio within {TOLERANCE:.0%}; noise: outside it but |z| < {Z_LIMIT:g} (z = gap / standard error "
+            f"of the seed spread); GAP: neither.**\n\n{table}\n")
+    out = Path(args.out) / "fidelity.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

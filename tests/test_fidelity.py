@@ -1,0 +1,49 @@
+"""The fidelity verdicts: ratio, pooled seed spread and z against hand-computed values."""
+import math
+
+import pytest
+
+from benchmarks.fidelity import compare, fidelity_rows
+
+
+def test_compare_single_official_seed_by_hand():
+    # ours 0.10, 0.11, 0.12 (sd 0.01); official 0.09 (one seed): se = 0.01 * sqrt(1/3 + 1)
+    c = compare([0.10, 0.11, 0.12], [0.09])
+    assert c["ours"] == pytest.approx(0.11)
+    assert c["sd"] == pytest.approx(0.01)
+    assert c["ratio"] == pytest.approx(0.11 / 0.09)
+    assert c["z"] == pytest.approx(0.02 / (0.01 * math.sqrt(4 / 3)))
+    assert c["verdict"] == "noise"        # ratio 1.22 but z = 1.73 < 2
+    assert compare([0.10, 0.11, 0.12], [0.08])["verdict"] == "GAP"     # z = 0.03 / 0.01155 = 2.60
+
+
+def test_compare_pools_spread_when_official_has_seeds():
+    # deviations ours (-0.01, 0, 0.01), official (-0.02, 0.02): pooled var = (2e-4 + 8e-4) / 3
+    c = compare([0.10, 0.11, 0.12], [0.08, 0.12])
+    s = math.sqrt(1e-3 / 3)
+    assert c["sd"] == pytest.approx(s)
+    assert c["official"] == pytest.approx(0.10)
+    assert c["z"] == pytest.approx(0.01 / (s * math.sqrt(1 / 3 + 1 / 2)))
+    assert c["verdict"] == "noise"        # ratio 1.10, |z| 0.77
+    assert compare([0.100, 0.101, 0.102], [0.099])["verdict"] == "ok"
+
+
+def _rec(model, seed, r, n, valid=0.1, group=None, loss=1.0):
+    return {"model": model, "seed": seed, "protocol": "missing", "dataset_kind": "tiktok",
+            "data_source": "reference", "status": "ok", "job_id": f"{model}-{seed}-{group}-{valid}",
+            "grid_group": group or f"{model}-{seed}", "valid": {"recall@20": valid},
+            "test": {"recall@20": r, "ndcg@20": n}, "curve": [{"epoch": 0, "train_loss": loss}]}
+
+
+def test_rows_select_grid_by_validation_and_skip_models_without_official():
+    records = [_rec("M", 999, 0.10, 0.04, valid=0.2, group="g999"), _rec("M", 999, 0.50, 0.50, valid=0.1, group="g999"),
+               _rec("M", 42, 0.12, 0.05, group="g42"), _rec("X", 999, 0.1, 0.1)]
+    official = {"M": [{"seed": 999, "test": {"recall@20": 0.11, "ndcg@20": 0.045},
+                       "curve": [{"epoch": 0, "train_loss": 2.0}]}]}
+    rows = fidelity_rows(records, official)
+    assert [r["model"] for r in rows] == ["M"]
+    row = rows[0]
+    assert row["seeds"] == "42,999"
+    assert row["ratio R@20"] == pytest.approx(0.11 / 0.11)      # the 0.50 setting lost on validation
+    assert row["R@20"] == "ok"
+    assert row["epoch-0 loss ours/official"] == "1 / 2"
