@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import hypergraph_conv, lightgcn_t, sinkhorn_transport, spmm_t, ui_adjacency_rw
+from models.graphs import hypergraph_conv, lightgcn, sinkhorn_transport, spmm_t, ui_adjacency_rw
 from models.losses import bpr_loss, info_nce
 from models.registry import register
 
@@ -72,7 +72,7 @@ class CI2MG(Recommender):
     def forward_all(self):
         """Final user/item vectors plus the pieces the loss needs, for all users and items."""
         U = self.n_users
-        ids = lightgcn_t(self.adj, torch.cat([self.user_embedding, self.item_embedding], dim=0), self.n_layers,
+        ids = lightgcn(self.adj, torch.cat([self.user_embedding, self.item_embedding], dim=0), self.n_layers,
                          self.adj_t)
         raw, users_m, y = {}, {}, {}
         for m in self.mods:

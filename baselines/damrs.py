@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import (binary_sym_normalize, cooccurrence_graph, denoised_knn_graphs, lightgcn_t,
+from models.graphs import (binary_sym_normalize, cooccurrence_graph, denoised_knn_graphs, lightgcn,
                            sparse_with_transpose, spmm_t, ui_adjacency)
 from models.losses import neighbour_discrimination, symmetric_bernoulli_kl
 from models.registry import register
@@ -112,7 +112,7 @@ class DAMRS(Recommender):
     # ------------------------------------------------------------------ forward
     def forward(self, infer: bool):
         ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
-        out = lightgcn_t(self.adj, ego, self.n_ui_layers)
+        out = lightgcn(self.adj, ego, self.n_ui_layers)
         graphs = self.graphs_infer if infer else self.graphs_train
         h = {}
         for v in self.views:

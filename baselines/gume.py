@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import (cached_knn_graph, lightgcn_t, shared_neighbours, sparse_with_transpose, spmm_t,
+from models.graphs import (cached_knn_graph, lightgcn, shared_neighbours, sparse_with_transpose, spmm_t,
                            ui_sym_scipy, user_item_block)
 from models.losses import batch_info_nce, bpr_loss, squared_l2
 from models.registry import register
@@ -117,7 +117,7 @@ class GUME(Recommender):
         train_new = self.new_mode and self.training
         graphs = self.graphs_new if train_new else self.graphs
         adj, adj_t = self.adj
-        ext_id = lightgcn_t(adj, torch.cat([self.user_embedding, self.item_embedding], dim=0), self.n_ui_layers, adj_t)
+        ext_id = lightgcn(adj, torch.cat([self.user_embedding, self.item_embedding], dim=0), self.n_ui_layers, adj_t)
         explicit, extended = {}, []
         for m in self.mods:
             z = self.item_embedding * self.space_trans[m](self.features[m])
@@ -126,7 +126,7 @@ class GUME(Recommender):
             for _ in range(self.n_layers):
                 z = spmm_t(*graphs[m], z)
             explicit[m] = torch.cat([spmm_t(*self.r_hat, z), z], dim=0)
-            extended.append(lightgcn_t(adj, torch.cat([self.ext_user[m], z], dim=0), self.n_ui_layers, adj_t))
+            extended.append(lightgcn(adj, torch.cat([self.ext_user[m], z], dim=0), self.n_ui_layers, adj_t))
         ext_it = sum(extended) / len(extended)
         att = torch.softmax(torch.cat([self.separate_coarse(explicit[m]) for m in self.mods], dim=1), dim=1)
         coarse = sum(att[:, j:j + 1] * explicit[m] for j, m in enumerate(self.mods))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import (cached_knn_graph, lightgcn_t, sparse_with_transpose, spmm_t, topk_cosine_edges,
+from models.graphs import (cached_knn_graph, lightgcn, sparse_with_transpose, spmm_t, topk_cosine_edges,
                            ui_adjacency_rw_self_loops, weighted_propagate)
 from models.losses import bpr_loss, squared_l2
 from models.registry import register
@@ -147,7 +147,7 @@ class LATTICE(Recommender):
         if self.cf_model == "mf":
             return self.user_embedding, self.item_embedding
         ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
-        out = lightgcn_t(self.adj[0], ego, self.n_ui_layers, self.adj[1])
+        out = lightgcn(self.adj[0], ego, self.n_ui_layers, self.adj[1])
         return out[:self.n_users], out[self.n_users:]
 
     def forward(self):

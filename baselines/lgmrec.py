@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import hypergraph_propagate, lightgcn_t, sparse_with_transpose, spmm_t, ui_adjacency
+from models.graphs import hypergraph_propagate, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency
 from models.losses import bpr_loss, emb_norm, nce_over_lowrank_candidates
 from models.registry import register
 
@@ -82,7 +82,7 @@ class LGMRec(Recommender):
 
     def forward(self):
         ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
-        cge = lightgcn_t(self.adj, ego, self.n_ui_layers)
+        cge = lightgcn(self.adj, ego, self.n_ui_layers)
         local = cge
         hyper = {}
         p_drop = 1.0 - self.keep_rate

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import (cached_knn_graph, lightgcn_t, sparse_with_transpose, spmm_t, ui_adjacency, ui_sym_scipy,
+from models.graphs import (cached_knn_graph, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency, ui_sym_scipy,
                            user_item_block)
 from models.losses import batch_info_nce, bpr_loss, squared_l2
 from models.registry import register
@@ -71,7 +71,7 @@ class MGCN(Recommender):
             for _ in range(self.n_layers):
                 z = spmm_t(*graphs[m], z)
             views.append(torch.cat([spmm_t(*self.r_hat, z), z], dim=0))
-        content = lightgcn_t(self.adj, torch.cat([self.user_embedding, self.item_embedding], dim=0), self.n_ui_layers)
+        content = lightgcn(self.adj, torch.cat([self.user_embedding, self.item_embedding], dim=0), self.n_ui_layers)
         att = torch.softmax(torch.cat([self.query_common(v) for v in views], dim=1), dim=1)
         common = sum(att[:, j:j + 1] * v for j, v in enumerate(views))
         specific = [self.prefer[m](content) * (v - common) for m, v in zip(self.mods, views)]

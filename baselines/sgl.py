@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import EdgeDropper, lightgcn_t, ui_adjacency
+from models.graphs import EdgeDropper, lightgcn, ui_adjacency
 from models.losses import bpr_loss, info_nce_eps_fused
 from models.registry import register
 
@@ -33,7 +33,7 @@ class SGL(Recommender):
 
     def propagate(self, adj):
         ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
-        out = lightgcn_t(adj, ego, self.n_layers)  # every view is symmetric
+        out = lightgcn(adj, ego, self.n_layers)  # every view is symmetric
         return out[:self.n_users], out[self.n_users:]
 
     def calculate_loss(self, users, pos, neg):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import lightgcn_t, spmm_t, ui_adjacency
+from models.graphs import lightgcn, spmm_t, ui_adjacency
 from models.losses import bpr_loss, info_nce_eps_fused
 from models.registry import register
 
@@ -33,7 +33,7 @@ class SimGCL(Recommender):
         return torch.cat([self.user_embedding, self.item_embedding], dim=0)
 
     def propagate(self):
-        out = lightgcn_t(self.adj, self._ego(), self.n_layers)
+        out = lightgcn(self.adj, self._ego(), self.n_layers)
         return out[:self.n_users], out[self.n_users:]
 
     def perturbed(self):

@@ -39,9 +39,11 @@ class VBPR(Recommender):
 
     def calculate_loss(self, users, pos, neg):
         # project only the items of the batch (the same values as projecting all of them)
+        # index_select rather than x[idx]: the same rows, a backward pass about twice as fast on CPU
         uniq, inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
-        items = torch.cat([self.item_factors[uniq], self.projection(self.content[uniq])], dim=1)[inv]
-        u, (p, n) = self.user_factors[users], items.split(len(pos))
+        items = torch.cat([self.item_factors.index_select(0, uniq),
+                           self.projection(self.content.index_select(0, uniq))], dim=1).index_select(0, inv)
+        u, (p, n) = self.user_factors.index_select(0, users), items.split(len(pos))
         loss = bpr_loss((u * p).sum(1), (u * n).sum(1))
         if self.reg_weight:
             loss = loss + self.reg_weight * emb_norm(u, p, n)

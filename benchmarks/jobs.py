@@ -142,7 +142,7 @@ class PeakMemory:
             self.peak = max(self.peak, self._rss())
 
     def __enter__(self):
-        self.peak = self._rss()
+        self.peak = self.start = self._rss()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -155,6 +155,10 @@ class PeakMemory:
     @property
     def mb(self) -> float:
         return round(self.peak / 2 ** 20, 1)
+
+    @property
+    def start_mb(self) -> float:
+        return round(self.start / 2 ** 20, 1)
 
 
 def pick_device(name) -> torch.device:
@@ -228,6 +232,7 @@ def run_job(spec: dict, progress: bool = False) -> dict:
             if bar is not None:
                 bar.close()
     record["peak_memory_mb"] = mem.mb
+    record["start_memory_mb"] = mem.start_mb  # process RSS when the job began (a reused worker carries some)
     if device.type == "cuda":
         record["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
     record["total_seconds"] = round(time.perf_counter() - t_start, 3)
@@ -240,7 +245,9 @@ def _fill(record: dict, result) -> None:
     record.update({
         "best_epoch": result.best_epoch, "valid": result.valid, "test": result.test,
         "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
-        "train_seconds_per_epoch": _r(result.train_seconds_per_epoch), "eval_seconds": _r(result.eval_seconds),
+        "train_seconds_per_epoch": _r(result.train_seconds_per_epoch),
+        "train_seconds_per_epoch_median": _r(float(np.median(result.train_seconds)) if result.train_seconds else None),
+        "eval_seconds": _r(result.eval_seconds),
         "valid_eval_seconds": _r(float(np.mean(result.valid_eval_seconds)) if result.valid_eval_seconds else None),
         "curve": result.curve,
     })

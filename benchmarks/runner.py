@@ -119,8 +119,12 @@ def _worker_init(threads: int):
 
 def execute(jobs: list[dict], store: ResultStore, n_workers: int = 1, progress: bool = True,
             retry_failed: bool = False, on_record=None, devices: list[str] | None = None,
-            run_pending=None) -> dict:
+            run_pending=None, fresh_workers: bool = False) -> dict:
     """Run the jobs not yet in the store; return counts of what happened.
+
+    ``fresh_workers``: start a new worker process for every job, so that a job's recorded peak
+    memory is its own (a reused worker keeps what the allocator retained from earlier jobs);
+    costs a process start and the imports (~2 s) per job, so only the cost benchmark uses it.
 
     ``devices``: one device per worker process (``gpu_worker_slots``), which then replaces
     ``n_workers``. ``run_pending(pending, record)``: another backend (``ray_backend.RayBackend.run``)
@@ -154,16 +158,17 @@ def execute(jobs: list[dict], store: ResultStore, n_workers: int = 1, progress: 
             for spec in pending:
                 record(run_job(spec, progress=progress))
         elif devices:
-            _run_pool(pending, len(devices), record, devices=devices)
+            _run_pool(pending, len(devices), record, devices=devices, fresh=fresh_workers)
         else:
-            _run_pool(pending, n_workers, record)
+            _run_pool(pending, n_workers, record, fresh=fresh_workers)
     finally:
         if bar is not None:
             bar.close()
     return counts
 
 
-def _run_pool(pending: list[dict], n_workers: int, record, devices: list[str] | None = None) -> None:
+def _run_pool(pending: list[dict], n_workers: int, record, devices: list[str] | None = None,
+              fresh: bool = False) -> None:
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     crashes: dict[str, int] = {}
     queue = list(pending)
@@ -174,11 +179,11 @@ def _run_pool(pending: list[dict], n_workers: int, record, devices: list[str] | 
             for d in devices:
                 slots.put(d)
             pool = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_slot_worker_init,
-                                          initargs=(threads, slots))
+                                          initargs=(threads, slots), max_tasks_per_child=1 if fresh else None)
             futures = {pool.submit(_run_on_slot, spec): spec for spec in queue}
         else:
             pool = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
-                                          initargs=(threads,))
+                                          initargs=(threads,), max_tasks_per_child=1 if fresh else None)
             futures = {pool.submit(run_job, spec, False): spec for spec in queue}
         queue = []
         try:

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import knn_graph, lightgcn_t, sparse_with_transpose, spmm_t, ui_adjacency
+from models.graphs import knn_graph, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency
 from models.losses import bpr_loss, emb_norm, info_nce_indexed as nce
 from models.registry import register
 
@@ -393,7 +393,7 @@ class DGMRec(Recommender):
 
     def cf_embeddings(self):
         """LightGCN: mean of E0, ÂE0, ..., Â^L E0 (Â symmetric, so it is its own transpose)."""
-        out = lightgcn_t(self.ui_adj, torch.cat([self.user_embedding, self.item_id_embedding], dim=0),
+        out = lightgcn(self.ui_adj, torch.cat([self.user_embedding, self.item_id_embedding], dim=0),
                          self.n_ui_layers)
         return out[:self.n_users], out[self.n_users:]
 

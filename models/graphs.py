@@ -65,14 +65,19 @@ def ui_adjacency(task, device=None) -> torch.Tensor:
     return to_torch_sparse(m, device or task.device)
 
 
-def lightgcn(adj: torch.Tensor, emb0: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """Mean of E0, ÂE0, ..., Â^L E0."""
-    layers = [emb0]
-    e = emb0
+def lightgcn(adj: torch.Tensor, emb0: torch.Tensor, n_layers: int, adj_t: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of E0, ÂE0, ..., Â^L E0 (block G1 propagation).
+
+    The layers use ``spmm_t``: ``adj_t`` is the transpose of ``adj``, prepared once; omit it only
+    for a symmetric ``adj`` (``ui_adjacency`` and every other sym-normalised graph), otherwise the
+    backward pass multiplies by the wrong matrix.
+    """
+    adj_t = adj if adj_t is None else adj_t
+    total, e = emb0, emb0
     for _ in range(n_layers):
-        e = spmm(adj, e)
-        layers.append(e)
-    return torch.stack(layers, dim=0).mean(dim=0)
+        e = spmm_t(adj, adj_t, e)
+        total = total + e  # a running sum instead of stacking every layer (same mean up to rounding)
+    return total / (n_layers + 1)
 
 
 def knn_graph(x: torch.Tensor | np.ndarray, k: int, *, isolate_before: np.ndarray | None = None,
@@ -693,17 +698,6 @@ def spmm_t(adj: torch.Tensor, adj_t: torch.Tensor, dense: torch.Tensor) -> torch
         return torch.sparse.mm(adj, dense)
     return _SpmmFixedTranspose.apply(dense, adj, adj_t)
 
-
-
-def lightgcn_t(adj: torch.Tensor, emb0: torch.Tensor, n_layers: int, adj_t: torch.Tensor | None = None) -> torch.Tensor:
-    """``lightgcn`` with ``spmm_t`` layers: same values, no per-call CSR transpose in backward
-    (``adj_t`` = the transpose of ``adj``; omit it for a symmetric ``adj`` such as ``ui_adjacency``)."""
-    adj_t = adj if adj_t is None else adj_t
-    total, e = emb0, emb0
-    for _ in range(n_layers):
-        e = spmm_t(adj, adj_t, e)
-        total = total + e  # a running sum instead of stacking every layer (same mean up to rounding)
-    return total / (n_layers + 1)
 
 
 def sparse_with_transpose(m: sp.spmatrix, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -93,3 +93,20 @@ def test_fused_eps_nce_matches_autograd_form(eps):
     assert got.item() == pytest.approx(want.item(), rel=1e-12)
     torch.testing.assert_close(fa, ga, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fb, gb, rtol=1e-10, atol=1e-12)
+
+
+def test_lightgcn_gradients_with_prepared_transpose():
+    # lightgcn's backward multiplies by the prepared transpose: for a non-symmetric graph the
+    # gradient must equal the dense computation's, and omitting adj_t is only right when symmetric.
+    g = torch.Generator().manual_seed(1)
+    dense = (torch.rand(6, 6, generator=g) * (torch.rand(6, 6, generator=g) > 0.5)).to(torch.float64)
+    adj, adj_t = to_torch_sparse(dense.numpy()), to_torch_sparse(dense.T.contiguous().numpy())
+    adj, adj_t = adj.to(torch.float64), adj_t.to(torch.float64)
+    e0 = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((lightgcn(adj, e0, 2, adj_t) * w).sum(), e0)
+    want_val = (e0 + dense @ e0 + dense @ dense @ e0) / 3
+    (want,) = torch.autograd.grad((want_val * w).sum(), e0)
+    torch.testing.assert_close(grad, want)
+    (wrong,) = torch.autograd.grad((lightgcn(adj, e0, 2) * w).sum(), e0)
+    assert not torch.allclose(wrong, want)
