@@ -112,6 +112,20 @@ def plan(opts: RunOptions) -> Plan:
     return Plan(unique, banner, datasets, seeds)
 
 
+def worker_threads(n_workers: int) -> int:
+    """Torch threads per worker: ``OMP_NUM_THREADS`` when set (a shared machine), else the cores
+    divided among the workers (more threads than cores makes every job slower)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        try:
+            if int(env) >= 1:
+                return int(env)
+        except ValueError:
+            pass
+        raise ValueError(f"OMP_NUM_THREADS must be a positive integer, got {env!r}")
+    return max(1, (os.cpu_count() or 1) // max(1, n_workers))
+
+
 def _worker_init(threads: int):
     import torch
     torch.set_num_threads(threads)
@@ -169,7 +183,7 @@ def execute(jobs: list[dict], store: ResultStore, n_workers: int = 1, progress: 
 
 def _run_pool(pending: list[dict], n_workers: int, record, devices: list[str] | None = None,
               fresh: bool = False) -> None:
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    threads = worker_threads(n_workers)
     crashes: dict[str, int] = {}
     queue = list(pending)
     while queue:

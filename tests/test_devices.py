@@ -118,3 +118,17 @@ def test_worker_processes_run_jobs_on_their_slot_device(tmp_path):
     for r in records:
         assert r["config"]["device"] in ("cuda:0", "cuda:1")
         assert r["status"] == "failed" and "CUDA is not available" in r["error"]
+
+
+def test_worker_threads_respects_omp_num_threads(monkeypatch):
+    import os
+    from benchmarks.runner import worker_threads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert worker_threads(1) == max(1, os.cpu_count() or 1)
+    assert worker_threads(10 ** 6) == 1                      # never zero threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_threads(1) == 3 and worker_threads(8) == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("OMP_NUM_THREADS", bad)
+        with pytest.raises(ValueError, match="OMP_NUM_THREADS must be a positive integer"):
+            worker_threads(1)
