@@ -71,7 +71,6 @@ class BM3(Recommender):
         if len(self.order) < 3 and task.missing_modal:
             self.keep = {m: torch.from_numpy(~task.missing[m]).float().unsqueeze(1).to(self.device)
                          for m in self.order}
-        self._scoring = None
 
     def forward(self):
         ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
@@ -118,13 +117,3 @@ class BM3(Recommender):
             i = i.clone()
             i[self.new_items] = content.mean(dim=0)
         return u, i
-
-    def begin_scoring(self):
-        self._scoring = self.scoring_vectors()
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        u, i = self._scoring if self._scoring is not None else self.scoring_vectors()
-        return u[users] @ i.T

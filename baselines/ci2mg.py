@@ -66,7 +66,6 @@ class CI2MG(Recommender):
         if "a" in observed and not config["fix_audio_index"]:
             observed["a"] = observed["t"]
         self.observed = observed
-        self._scoring = None
 
     # ------------------------------------------------------------------ forward
     def forward_all(self):
@@ -123,14 +122,6 @@ class CI2MG(Recommender):
         return rec + self.lamb_1 * con + self.lamb_2 * bpr
 
     # ------------------------------------------------------------------ scoring
-    def begin_scoring(self):
+    def scoring_vectors(self):
         user, item, *_ = self.forward_all()
-        self._scoring = (user, item)
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        user, item = self._scoring if self._scoring is not None else self.forward_all()[:2]
-        return user[users] @ item.T
-
+        return user, item

@@ -80,7 +80,6 @@ class DAMRS(Recommender):
         complete = ~np.logical_or.reduce([task.missing[m] for m in self.mods])
         self.missing_modal = task.missing_modal
         self.register_buffer("complete_mask", torch.from_numpy(complete), persistent=False)
-        self._scoring = None
 
     # ------------------------------------------------------------------ graphs
     def _knn_graphs(self, task, exclude_new: bool):
@@ -189,16 +188,6 @@ class DAMRS(Recommender):
         bpr = -(F.logsigmoid(s_pos - s_neg) * pos_w + F.logsigmoid(s_neg - s_pos) * neg_w).mean()
         return bpr + self.neighbor_weight * nd + self.kl_weight * kl
 
-    def _predict_embeddings(self):
+    def scoring_vectors(self):
         u, i, h = self.forward(infer=True)
         return u, i + self._view_mean(h)
-
-    def begin_scoring(self):
-        self._scoring = self._predict_embeddings()
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        u_all, i_all = self._scoring if self._scoring is not None else self._predict_embeddings()
-        return u_all[users] @ i_all.T

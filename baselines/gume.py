@@ -109,7 +109,6 @@ class GUME(Recommender):
         complete = ~np.logical_or.reduce([task.missing[m] for m in self.mods])
         self.missing_modal = task.missing_modal
         self.register_buffer("complete_mask", torch.from_numpy(complete), persistent=False)
-        self._scoring = None
 
     # ------------------------------------------------------------------ forward
     def forward(self):
@@ -174,17 +173,6 @@ class GUME(Recommender):
         loss = loss + self.um_loss * um
         return loss + self.reg_weight_2 * 0.5 * ext_it[nu:][pos].pow(2).sum() / self.batch_size
 
-    def begin_scoring(self):
+    def scoring_vectors(self):
         final = self.forward()[0]
-        self._scoring = (final[:self.n_users], final[self.n_users:])
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        if self._scoring is None:
-            final = self.forward()[0]
-            u_all, i_all = final[:self.n_users], final[self.n_users:]
-        else:
-            u_all, i_all = self._scoring
-        return u_all[users] @ i_all.T
+        return final[:self.n_users], final[self.n_users:]

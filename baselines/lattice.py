@@ -83,7 +83,6 @@ class LATTICE(Recommender):
             self.static_new, self.static_new_t = self.static, self.static_t
         self._build = True
         self._epoch_adj = None  # detached item graph of the current epoch (torch CSR and transpose)
-        self._scoring = None
 
     # ------------------------------------------------------------------ item graph
     def _learned_edges(self, weights, exclude):
@@ -168,18 +167,8 @@ class LATTICE(Recommender):
             loss = loss + self.reg_weight * squared_l2(u, p, n, batch_size=self.batch_size)
         return loss
 
-    def _predict_embeddings(self):
+    def scoring_vectors(self):
         learned, static = self._item_graph(inference=True)
         h = self._propagate_items(learned, static)
         u, i = self._cf()
         return u, i + F.normalize(h, dim=1)
-
-    def begin_scoring(self):
-        self._scoring = self._predict_embeddings()
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        u_all, i_all = self._scoring if self._scoring is not None else self._predict_embeddings()
-        return u_all[users] @ i_all.T

@@ -69,7 +69,6 @@ class LGMRec(Recommender):
         self.missing_modal = task.missing_modal
         self.register_buffer("complete_mask", torch.from_numpy(complete), persistent=False)
         self.register_buffer("complete_ids", torch.from_numpy(np.flatnonzero(complete)), persistent=False)
-        self._scoring = None
 
     def feat(self, m):
         return getattr(self, f"feat_{m}")
@@ -142,16 +141,6 @@ class LGMRec(Recommender):
         loss = loss + self.cl_weight * hcl
         return loss + self.reg_weight * emb_norm(u, p, n)
 
-    def begin_scoring(self):
+    def scoring_vectors(self):
         u, i, _ = self.forward()
-        self._scoring = (u, i)
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        if self._scoring is None:
-            u_all, i_all, _ = self.forward()
-        else:
-            u_all, i_all = self._scoring
-        return u_all[users] @ i_all.T
+        return u, i

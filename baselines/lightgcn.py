@@ -23,7 +23,6 @@ class LightGCN(Recommender):
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
         self.adj = ui_adjacency(task)
-        self._scoring = None
 
     def propagate(self):
         ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
@@ -40,12 +39,5 @@ class LightGCN(Recommender):
         reg = emb_norm(self.user_embedding[users], self.item_embedding[pos], self.item_embedding[neg])
         return bpr_loss(pos_s, neg_s, gamma=1e-10) + self.reg_weight * reg
 
-    def begin_scoring(self):
-        self._scoring = self.propagate()
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        u_all, i_all = self._scoring if self._scoring is not None else self.propagate()
-        return u_all[users] @ i_all.T
+    def scoring_vectors(self):
+        return self.propagate()

@@ -26,5 +26,5 @@ class MFBPR(Recommender):
         loss = bpr_loss((u * p).sum(1), (u * n).sum(1), gamma=1e-10)
         return loss + self.reg_weight * emb_norm(u, p, n)
 
-    def full_sort_predict(self, users):
-        return self.user_embedding[users] @ self.item_embedding.T
+    def scoring_vectors(self):
+        return self.user_embedding, self.item_embedding

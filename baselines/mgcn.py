@@ -57,7 +57,6 @@ class MGCN(Recommender):
             self.graphs_new = {m: sparse_with_transpose(cached_knn_graph(task, m, self.knn_k, "new_items"), self.device)
                                for m in self.mods}
             self.keep = torch.from_numpy(~task.new_items).to(self.device, torch.float32).unsqueeze(1)
-        self._scoring = None
 
     def forward(self):
         """(final users, final items, side view, LightGCN view); views are (U+I)×d."""
@@ -92,16 +91,6 @@ class MGCN(Recommender):
             loss = loss + self.cl_weight * cl
         return loss
 
-    def begin_scoring(self):
+    def scoring_vectors(self):
         u, i, _, _ = self.forward()
-        self._scoring = (u, i)
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        if self._scoring is None:
-            u_all, i_all, _, _ = self.forward()
-        else:
-            u_all, i_all = self._scoring
-        return u_all[users] @ i_all.T
+        return u, i

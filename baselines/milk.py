@@ -53,7 +53,6 @@ class MILK(Recommender):
                 for key in (x, y):
                     bad[np.asarray(task.mask_groups.get(key, []), dtype=np.int64)] = True
             self._excluded[(x, y)] = torch.as_tensor(bad, device=self.device)
-        self._scoring = None
 
     def projections(self, rows=None):
         if rows is None:
@@ -99,12 +98,5 @@ class MILK(Recommender):
         f = self.projections()
         return self.modality_count.unsqueeze(1) * sum(f[m] for m in self.mods)
 
-    def begin_scoring(self):
-        self._scoring = self.item_vectors()
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        items = self._scoring if self._scoring is not None else self.item_vectors()
-        return self.user_embedding[users] @ items.T
+    def scoring_vectors(self):
+        return self.user_embedding, self.item_vectors()

@@ -141,15 +141,7 @@ class MMGCN(Recommender):
             loss = loss + self.reg_weight * reg
         return loss
 
-    def begin_scoring(self):
-        if self.fix_stale_eval or self._cached is None:
-            self._scoring = self.forward()
-        else:
-            self._scoring = self._cached
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        rep = self._scoring if getattr(self, "_scoring", None) is not None else self.forward()
-        return rep[users] @ rep[self.n_users:].T
+    def scoring_vectors(self):
+        # the reference scores with the representation cached by the last training batch (stale)
+        rep = self.forward() if self.fix_stale_eval or self._cached is None else self._cached
+        return rep[:self.n_users], rep[self.n_users:]

@@ -34,7 +34,6 @@ class NGCF(Recommender):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
         self.adj = ui_adjacency(task)
-        self._scoring = None
 
     def propagate(self, rows=None):
         """Concatenated [E0, norm(E1), ..., norm(EL)] of every node, or of the nodes ``rows`` only.
@@ -79,12 +78,5 @@ class NGCF(Recommender):
         out = self.propagate()
         return out[:self.n_users], out[self.n_users:]
 
-    def begin_scoring(self):
-        self._scoring = self._split()
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        u_all, i_all = self._scoring if self._scoring is not None else self._split()
-        return u_all[users] @ i_all.T
+    def scoring_vectors(self):
+        return self._split()

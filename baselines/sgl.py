@@ -29,7 +29,6 @@ class SGL(Recommender):
         self.adj = ui_adjacency(task)
         self.dropper = EdgeDropper(task)
         self.keep = [int(self.dropper.n_edges * (1.0 - r)) for r in (rate_1, rate_2)]
-        self._scoring = None
 
     def propagate(self, adj):
         ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
@@ -48,12 +47,5 @@ class SGL(Recommender):
             info_nce_eps_fused(i1.index_select(0, iid), i2.index_select(0, iid), self.temperature, 1e-9)
         return loss + self.cl_weight * cl
 
-    def begin_scoring(self):
-        self._scoring = self.propagate(self.adj)
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        u_all, i_all = self._scoring if self._scoring is not None else self.propagate(self.adj)
-        return u_all[users] @ i_all.T
+    def scoring_vectors(self):
+        return self.propagate(self.adj)

@@ -34,7 +34,6 @@ class SIBRAR(Recommender):
         # Sources in the reference's order: id, then the modalities; which ones each item really has.
         avail = np.stack([np.ones(self.n_items, dtype=bool)] + [~task.missing[m] for m in self.mods], axis=1)
         self.register_buffer("available", torch.as_tensor(avail, device=self.device), persistent=False)
-        self._scoring = None
 
     def branch(self, x):
         """The shared network f(x) = fc2(relu(fc1(x))) (dropout p = 0 in the reference)."""
@@ -95,12 +94,5 @@ class SIBRAR(Recommender):
         w = self.available.to(src.dtype)
         return (src * w.unsqueeze(2)).sum(1) / w.sum(1, keepdim=True)
 
-    def begin_scoring(self):
-        self._scoring = self.item_vectors()
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        items = self._scoring if self._scoring is not None else self.item_vectors()
-        return self.user_embedding[users] @ items.T
+    def scoring_vectors(self):
+        return self.user_embedding, self.item_vectors()

@@ -27,7 +27,6 @@ class SimGCL(Recommender):
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
         self.adj = ui_adjacency(task)
-        self._scoring = None
 
     def _ego(self):
         return torch.cat([self.user_embedding, self.item_embedding], dim=0)
@@ -60,12 +59,5 @@ class SimGCL(Recommender):
             info_nce_eps_fused(i1.index_select(0, iid), i2.index_select(0, iid), self.temperature, 1e-9)
         return loss + self.cl_weight * cl
 
-    def begin_scoring(self):
-        self._scoring = self.propagate()
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        u_all, i_all = self._scoring if self._scoring is not None else self.propagate()
-        return u_all[users] @ i_all.T
+    def scoring_vectors(self):
+        return self.propagate()

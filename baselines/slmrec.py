@@ -123,19 +123,12 @@ class SLMRec(Recommender):
                       a_ids=users, b_ids=pos)  # duplicate users/items folded exactly
         return main + self.ssl_alpha * self.fac_loss(views, pos)
 
-    def begin_scoring(self):
+    def scoring_vectors(self):
+        # the reference scores with the vectors cached by the last training batch (stale)
         if self.fix_stale_eval or self._cached is None:
             user, item, _ = self.compute()
-            self._scoring = (user, item)
-        else:
-            self._scoring = self._cached
-
-    def end_scoring(self):
-        self._scoring = None
+            return user, item
+        return self._cached
 
     def full_sort_predict(self, users):
-        if getattr(self, "_scoring", None) is not None:
-            user, item = self._scoring
-        else:
-            user, item, _ = self.compute()
-        return torch.sigmoid(user[users] @ item.T)
+        return torch.sigmoid(super().full_sort_predict(users))

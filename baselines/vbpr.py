@@ -49,12 +49,5 @@ class VBPR(Recommender):
             loss = loss + self.reg_weight * emb_norm(u, p, n)
         return loss
 
-    def begin_scoring(self):
-        self._scoring = self.item_vectors()
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        items = self._scoring if getattr(self, "_scoring", None) is not None else self.item_vectors()
-        return self.user_factors[users] @ items.T
+    def scoring_vectors(self):
+        return self.user_factors, self.item_vectors()

@@ -8,7 +8,11 @@ Contract:
 * ``__init__(config, task)``: build parameters and graphs from the task (see
   ``benchmarks.task.Task``); ``config`` is the resolved flat configuration dict.
 * ``calculate_loss(users, pos, neg)``: the scalar training loss of a batch of BPR triples.
-* ``full_sort_predict(users)``: scores of every item for a batch of users, ``(B, n_items)``.
+* ``scoring_vectors()``: ``(user vectors, item vectors)`` whose dot products are the scores.
+  A model that scores this way implements only this: the base class computes it once per
+  evaluation pass (``begin_scoring``) and serves every user batch from it. A model that scores
+  otherwise overrides ``full_sort_predict(users)`` (scores of every item for a batch of users,
+  ``(B, n_items)``) and, if it caches, ``begin_scoring`` / ``end_scoring``.
 * Hooks: ``pre_epoch(epoch)`` before each training epoch (feature generation, graph refresh,
   auxiliary optimisers); ``pre_evaluation()`` before each validation pass (new-item
   generation); ``begin_scoring()`` once before the batches of an evaluation pass, under
@@ -49,8 +53,13 @@ class Recommender(nn.Module):
     def calculate_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def scoring_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U×d user vectors, I×d item vectors) whose dot products are the scores."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither scoring_vectors nor full_sort_predict")
+
     def full_sort_predict(self, users: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        u, i = self._scoring if self._scoring is not None else self.scoring_vectors()
+        return u.index_select(0, users) @ i.T
 
     # ------------------------------------------------------------------ hooks
     def pre_epoch(self, epoch: int) -> None:
@@ -59,11 +68,17 @@ class Recommender(nn.Module):
     def pre_evaluation(self) -> None:
         """Work done once before each validation pass (and the test pass that follows it)."""
 
+    _scoring: tuple | None = None  # scoring_vectors() of the current evaluation pass
+
     def begin_scoring(self) -> None:
-        """Called under no_grad before the user batches of one evaluation pass."""
+        """Called under no_grad before the user batches of one evaluation pass: graph models
+        propagate once here instead of once per user batch."""
+        if type(self).scoring_vectors is not Recommender.scoring_vectors:
+            self._scoring = self.scoring_vectors()
 
     def end_scoring(self) -> None:
-        """Called after the last user batch of an evaluation pass; drop caches here."""
+        """Called after the last user batch of an evaluation pass; drops the cache."""
+        self._scoring = None
 
     def optimizer_parameters(self):
         return self.parameters()

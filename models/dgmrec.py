@@ -293,7 +293,6 @@ class DGMRec(Recommender):
         self.graph = {m: self._torch_pair(self.graph_sp[m]) for m in self.mods}
         self.graph_infer = {m: self._torch_pair(self.graph_infer_sp[m]) for m in self.mods}
         self.refresh_counter = 0
-        self._scoring = None
 
     @property
     def feat(self) -> dict[str, torch.Tensor]:
@@ -601,12 +600,5 @@ class DGMRec(Recommender):
         gbar, sbar, gu, su = self.modal_embeddings(graphs, g, s, self.filters())
         return self.fuse(h_u, gu, su), self.fuse(h_i, gbar, sbar)
 
-    def begin_scoring(self):
-        self._scoring = self.final_embeddings(self._scoring_graphs())
-
-    def end_scoring(self):
-        self._scoring = None
-
-    def full_sort_predict(self, users):
-        z_u, z_i = self._scoring if self._scoring is not None else self.final_embeddings(self._scoring_graphs())
-        return z_u[users] @ z_i.T
+    def scoring_vectors(self):
+        return self.final_embeddings(self._scoring_graphs())
