@@ -45,10 +45,18 @@ class TrainResult:
     valid_eval_seconds: list = field(default_factory=list)
     test_eval_seconds: list = field(default_factory=list)
     stopped_early: bool = False
+    batches_per_epoch: int = 0
+    batches_run: int = 0  # batches of the last epoch (fewer than batches_per_epoch when capped)
+
+    @property
+    def epoch_fraction(self) -> float:
+        """Share of each epoch that ran (1 unless ``max_batches_per_epoch`` cut epochs short)."""
+        return self.batches_run / self.batches_per_epoch if self.batches_per_epoch and self.batches_run else 1.0
 
     @property
     def train_seconds_per_epoch(self) -> float | None:
-        return float(np.mean(self.train_seconds)) if self.train_seconds else None
+        """Mean seconds per epoch; for capped epochs, projected to a whole epoch."""
+        return float(np.mean(self.train_seconds)) / self.epoch_fraction if self.train_seconds else None
 
     @property
     def eval_seconds(self) -> float | None:
@@ -104,7 +112,12 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.get("learning_rate_scheduler")))
     sampler = BPRSampler(task, rng)
     max_seconds = config.get("max_train_seconds")
+    max_batches = config.get("max_batches_per_epoch")
+    max_batches = int(max_batches) if max_batches is not None else None
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches_per_epoch must be >= 1 or null, got {max_batches}")
     result = TrainResult()
+    result.batches_per_epoch = -(-len(sampler.users) // batch_size)
     analyses = analyses or {}
     captured: dict = {}
     best_score, bad_evals = -math.inf, 0
@@ -116,7 +129,10 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
             model.train()
             model.pre_epoch(epoch)
             total = 0.0
-            for users, pos, neg in sampler.epoch(batch_size, device=task.device):
+            for batch, (users, pos, neg) in enumerate(sampler.epoch(batch_size, device=task.device)):
+                if max_batches is not None and batch >= max_batches:
+                    break
+                result.batches_run = batch + 1
                 loss = model.calculate_loss(users, pos, neg)
                 if not torch.isfinite(loss):
                     raise TrainingFailure(f"non-finite training loss ({loss.item()}) at epoch {epoch}", epoch, result)

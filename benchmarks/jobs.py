@@ -246,11 +246,14 @@ def _fill(record: dict, result) -> None:
         "best_epoch": result.best_epoch, "valid": result.valid, "test": result.test,
         "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
         "train_seconds_per_epoch": _r(result.train_seconds_per_epoch),
-        "train_seconds_per_epoch_median": _r(float(np.median(result.train_seconds)) if result.train_seconds else None),
+        "train_seconds_per_epoch_median": _r(float(np.median(result.train_seconds)) / result.epoch_fraction
+                                             if result.train_seconds else None),
         "eval_seconds": _r(result.eval_seconds),
         "valid_eval_seconds": _r(float(np.mean(result.valid_eval_seconds)) if result.valid_eval_seconds else None),
         "curve": result.curve,
     })
+    if result.epoch_fraction < 1.0:  # max_batches_per_epoch: the s/epoch figures above are projections
+        record["epoch_capped"] = {"batches_run": result.batches_run, "batches_per_epoch": result.batches_per_epoch}
     if result.extra:
         record["extra"] = result.extra
         record["extra_counts"] = {k: list(v) for k, v in result.extra_counts.items()}

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import run_all
+from benchmarks.engine import TrainResult
 from benchmarks.config import ConfigError, check_sets, expand_grid, parse_sets, resolve
 from benchmarks.report import select_grid, write_tables
 from benchmarks.runner import RunOptions, execute, plan
@@ -196,3 +197,37 @@ def test_missing_family_protocols_share_training_jobs(tmp_path):
     assert missing <= {j["job_id"] for j in ratio}
     assert len(combined) == len(ratio)  # nothing is trained twice
     assert all(j["protocol"] == "missing" for j in combined)
+
+
+BATCH_CALLS: list[int] = []
+
+
+@register("TestCountingBatches", defaults={})
+class CountingModel(PopularityModel):
+    def __init__(self, config, task):
+        super().__init__(dict(config, pop_weight=0.0), task)
+
+    def calculate_loss(self, users, pos, neg):
+        BATCH_CALLS.append(len(users))
+        return super().calculate_loss(users, pos, neg)
+
+
+def test_max_batches_per_epoch_caps_epochs_and_projects_seconds(tmp_path):
+    BATCH_CALLS.clear()
+    opts = _opts(tmp_path, ["TestCountingBatches"], seeds=[1],
+                 sets={"epochs": 2, "grid_limit": None, "train_batch_size": 16, "max_batches_per_epoch": 3})
+    store = ResultStore(opts.results_dir)
+    assert execute(plan(opts).jobs, store, n_workers=0, progress=False)["ok"] == 1
+    rec = store.records()[0]
+    assert BATCH_CALLS == [16] * 6                             # 3 batches in each of 2 epochs
+    cap = rec["epoch_capped"]
+    assert cap["batches_run"] == 3 and cap["batches_per_epoch"] > 3
+    # projected whole-epoch seconds: measured seconds scaled by batches_per_epoch / batches_run
+    res = TrainResult(train_seconds=[1.0, 3.0], batches_per_epoch=10, batches_run=2)
+    assert res.epoch_fraction == pytest.approx(0.2)
+    assert res.train_seconds_per_epoch == pytest.approx(10.0)
+    assert TrainResult(train_seconds=[2.0], batches_per_epoch=5, batches_run=5).train_seconds_per_epoch == 2.0
+    bad = _opts(tmp_path / "bad", ["TestCountingBatches"], seeds=[1],
+                sets={"epochs": 1, "grid_limit": None, "max_batches_per_epoch": 0})
+    assert execute(plan(bad).jobs, ResultStore(bad.results_dir), n_workers=0, progress=False)["failed"] == 1
+    assert "max_batches_per_epoch must be >= 1" in ResultStore(bad.results_dir).records()[0]["error"]
