@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batches", type=int, default=None,
                     help="stop each epoch after N batches and project s/epoch (catalogue-scale runs of "
                          "slow models); peak memory and the full evaluation are measured as usual")
+    ap.add_argument("--retry-failed", action="store_true", help="rerun jobs recorded as failed")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     args = ap.parse_args(argv)
     from benchmarks.config import parse_sets
@@ -72,11 +73,12 @@ def main(argv=None) -> int:
                       results_dir=args.out, cache_dir=str(Path(args.out) / "cache"), progress=True)
     p = plan(opts)
     store = ResultStore(args.out)
-    execute(p.jobs, store, n_workers=1, progress=True, fresh_workers=True)
+    execute(p.jobs, store, n_workers=1, progress=True, fresh_workers=True, retry_failed=args.retry_failed)
     planned = {j["job_id"] for j in p.jobs}
     official = official_costs()
     rows = []
-    for rec in store.records(warn=False):
+    latest = {r["job_id"]: r for r in store.records(warn=False)}  # a retried job supersedes its failure
+    for rec in latest.values():
         if rec["job_id"] not in planned:
             continue
         off = official.get(rec["model"], {}) if rec.get("dataset_kind") == "tiktok" and \
