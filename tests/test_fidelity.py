@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from benchmarks.fidelity import compare, fidelity_rows
+from benchmarks.fidelity import compare, fidelity_rows, official_setting
 
 
 def test_compare_single_official_seed_by_hand():
@@ -47,3 +47,20 @@ def test_rows_select_grid_by_validation_and_skip_models_without_official():
     assert row["ratio R@20"] == pytest.approx(0.11 / 0.11)      # the 0.50 setting lost on validation
     assert row["R@20"] == "ok"
     assert row["epoch-0 loss ours/official"] == "1 / 2"
+
+
+def test_grid_compared_at_the_official_setting():
+    # the official MFBPR figure is its reg_weight=0.01 setting; ours picked 0.1 by validation
+    def rec(seed, reg, r, valid):
+        out = _rec("MFBPR", seed, r, r / 2, valid=valid, group=f"g{seed}")
+        out.update(job_id=f"{seed}-{reg}", grid_size=2, grid_keys=["reg_weight"], config={"reg_weight": reg})
+        return out
+    records = [rec(999, 0.01, 0.022, 0.1), rec(999, 0.1, 0.05, 0.2), rec(42, 0.01, 0.024, 0.1), rec(42, 0.1, 0.06, 0.2)]
+    official = {"MFBPR": [{"seed": 999, "test": {"recall@20": 0.022, "ndcg@20": 0.011},
+                           "grid_selected": "['reg_weight', 'missing_imputation', 'seed']=(0.01, 1, 999)"}]}
+    row = fidelity_rows(records, official)[0]
+    assert official_setting(official["MFBPR"][0]) == {"reg_weight": 0.01}
+    assert row["grid setting"] == "official's: reg_weight=0.01"
+    assert row["ratio R@20"] == pytest.approx(0.023 / 0.022, abs=1e-3)
+    official["MFBPR"][0].pop("grid_selected")            # no official setting: ours by validation
+    assert fidelity_rows(records, official)[0]["ratio R@20"] == pytest.approx(0.055 / 0.022, abs=1e-3)
