@@ -236,8 +236,10 @@ RESOURCE_KEY_PREFIX = "resources_"
 
 def identity_config(cfg: dict) -> dict:
     """The configuration that identifies a job: without the ``resources_*`` keys (what a job asks
-    the Ray backend for does not change what it computes, so it neither reruns nor duplicates it)."""
-    return {k: v for k, v in cfg.items() if not k.startswith(RESOURCE_KEY_PREFIX)}
+    the Ray backend for does not change what it computes, so it neither reruns nor duplicates it)
+    and without keys set to null (a new option whose null default keeps the old behaviour must not
+    turn every finished job of an existing store into an unfinished one)."""
+    return {k: v for k, v in cfg.items() if not k.startswith(RESOURCE_KEY_PREFIX) and v is not None}
 
 
 # --------------------------------------------------------------------------- GPU worker slots (local backend)

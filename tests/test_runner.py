@@ -231,3 +231,17 @@ def test_max_batches_per_epoch_caps_epochs_and_projects_seconds(tmp_path):
                 sets={"epochs": 1, "grid_limit": None, "max_batches_per_epoch": 0})
     assert execute(plan(bad).jobs, ResultStore(bad.results_dir), n_workers=0, progress=False)["failed"] == 1
     assert "max_batches_per_epoch must be >= 1" in ResultStore(bad.results_dir).records()[0]["error"]
+
+
+def test_null_valued_keys_do_not_change_job_identity(tmp_path):
+    # a new option whose null default keeps the old behaviour must leave finished jobs finished
+    from benchmarks.runner import identity_config
+    cfg = {"epochs": 3, "max_batches_per_epoch": None, "resources_cpus": 2}
+    assert identity_config(cfg) == {"epochs": 3}
+    base = _opts(tmp_path, ["MFBPR"], seeds=[1])
+    with_null = _opts(tmp_path, ["MFBPR"], seeds=[1], sets={"epochs": 2, "grid_limit": None,
+                                                           "max_batches_per_epoch": None})
+    with_cap = _opts(tmp_path, ["MFBPR"], seeds=[1], sets={"epochs": 2, "grid_limit": None,
+                                                          "max_batches_per_epoch": 5})
+    ids = [[j["job_id"] for j in plan(o).jobs] for o in (base, with_null, with_cap)]
+    assert ids[0] == ids[1] and ids[0] != ids[2]
