@@ -18,7 +18,9 @@ has more than one). The verdict is ``ok`` when the ratio lies within 5%, ``noise
 not but |z| < 2 (the gap is within two standard errors of the seed spread), and ``GAP``
 otherwise. The epoch-0 training loss of seed 999 is compared as well: equal first-epoch losses
 mean equal initialisation, losses and batches; where later curves part ways is training
-dynamics, not set-up. The table is written to ``<out>/fidelity.md``.
+dynamics, not set-up; the largest relative loss difference over the epochs and our test
+Recall@20 at the official's best epoch (seed 999 both) show whether a gap comes from the
+dynamics or from which epoch validation picked. The table is written to ``<out>/fidelity.md``.
 """
 from __future__ import annotations
 
@@ -127,10 +129,28 @@ def fidelity_rows(records: list[dict], official: dict[str, list[dict]]) -> list[
         ours0 = [r for r in runs if r["seed"] == 999 and r.get("curve")]
         off0 = [o for o in offs if o.get("seed") == 999 and o.get("curve")]
         if ours0 and off0:
-            a, b = ours0[0]["curve"][0].get("train_loss"), off0[0]["curve"][0].get("train_loss")
-            row["epoch-0 loss ours/official"] = f"{a:.4g} / {b:.4g}" if a is not None and b is not None else "–"
+            row.update(curve_comparison(ours0[0], off0[0]))
         rows.append(row)
     return rows
+
+
+def curve_comparison(ours: dict, official: dict) -> dict:
+    """Seed 999 against the official seed-999 run, epoch by epoch: the epoch-0 losses, the largest
+    relative loss difference over the epochs both ran, and our test Recall@20 at the official's
+    best epoch over the official's figure (separates training dynamics from the choice of epoch)."""
+    a = {c["epoch"]: c for c in ours["curve"]}
+    b = {c["epoch"]: c for c in official["curve"]}
+    out = {}
+    if 0 in a and 0 in b and a[0].get("train_loss") is not None and b[0].get("train_loss") is not None:
+        out["epoch-0 loss ours/official"] = f"{a[0]['train_loss']:.4g} / {b[0]['train_loss']:.4g}"
+    rel = [abs(a[e]["train_loss"] - b[e]["train_loss"]) / abs(b[e]["train_loss"]) for e in sorted(set(a) & set(b))
+           if a[e].get("train_loss") is not None and b[e].get("train_loss")]
+    if rel:
+        out["max loss diff"] = f"{max(rel):.1%}"
+    best = official.get("best_epoch")
+    if best in a and a[best].get("test_recall@20") is not None and official["test"].get("recall@20"):
+        out["R@20 at official best epoch (ratio)"] = round(a[best]["test_recall@20"] / official["test"]["recall@20"], 3)
+    return out
 
 
 def main(argv=None) -> int:

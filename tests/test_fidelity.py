@@ -47,6 +47,7 @@ def test_rows_select_grid_by_validation_and_skip_models_without_official():
     assert row["ratio R@20"] == pytest.approx(0.11 / 0.11)      # the 0.50 setting lost on validation
     assert row["R@20"] == "ok"
     assert row["epoch-0 loss ours/official"] == "1 / 2"
+    assert row["max loss diff"] == "50.0%"
 
 
 def test_grid_compared_at_the_official_setting():
@@ -64,3 +65,15 @@ def test_grid_compared_at_the_official_setting():
     assert row["ratio R@20"] == pytest.approx(0.023 / 0.022, abs=1e-3)
     official["MFBPR"][0].pop("grid_selected")            # no official setting: ours by validation
     assert fidelity_rows(records, official)[0]["ratio R@20"] == pytest.approx(0.055 / 0.022, abs=1e-3)
+
+
+def test_curve_comparison_by_hand():
+    from benchmarks.fidelity import curve_comparison
+    ours = {"curve": [{"epoch": 0, "train_loss": 10.0, "test_recall@20": 0.01},
+                      {"epoch": 1, "train_loss": 8.8, "test_recall@20": 0.064}]}
+    off = {"best_epoch": 1, "test": {"recall@20": 0.0598},
+           "curve": [{"epoch": 0, "train_loss": 10.0}, {"epoch": 1, "train_loss": 8.0}]}
+    got = curve_comparison(ours, off)
+    assert got["epoch-0 loss ours/official"] == "10 / 10"
+    assert got["max loss diff"] == "10.0%"                       # |8.8 - 8| / 8
+    assert got["R@20 at official best epoch (ratio)"] == round(0.064 / 0.0598, 3)
