@@ -96,7 +96,11 @@ def fidelity_rows(records: list[dict], official: dict[str, list[dict]]) -> list[
     recs = [r for r in _unique_jobs(records) if r.get("protocol") == "missing" and r.get("status") == "ok"
             and r.get("dataset_kind") == "tiktok" and r.get("data_source") == "reference"]
     by_model: dict[str, list[dict]] = {}
+    newest: dict[tuple, dict] = {}  # a rerun of the same setting and seed counts once: its newest record
     for r in recs:
+        setting = tuple(str(r.get("config", {}).get(k)) for k in r.get("grid_keys") or [])
+        newest[(r["model"], r["seed"], setting)] = r
+    for r in newest.values():
         by_model.setdefault(r["model"], []).append(r)
     rows = []
     for model, all_runs in by_model.items():

@@ -38,6 +38,8 @@ def _rec(model, seed, r, n, valid=0.1, group=None, loss=1.0):
 def test_rows_select_grid_by_validation_and_skip_models_without_official():
     records = [_rec("M", 999, 0.10, 0.04, valid=0.2, group="g999"), _rec("M", 999, 0.50, 0.50, valid=0.1, group="g999"),
                _rec("M", 42, 0.12, 0.05, group="g42"), _rec("X", 999, 0.1, 0.1)]
+    for rec, lr in zip(records[:2], (0.01, 0.1)):  # two settings of a learning-rate grid
+        rec.update(grid_keys=["learning_rate"], config={"learning_rate": lr})
     official = {"M": [{"seed": 999, "test": {"recall@20": 0.11, "ndcg@20": 0.045},
                        "curve": [{"epoch": 0, "train_loss": 2.0}]}]}
     rows = fidelity_rows(records, official)
@@ -77,3 +79,11 @@ def test_curve_comparison_by_hand():
     assert got["epoch-0 loss ours/official"] == "10 / 10"
     assert got["max loss diff"] == "10.0%"                       # |8.8 - 8| / 8
     assert got["R@20 at official best epoch (ratio)"] == round(0.064 / 0.0598, 3)
+
+
+def test_a_rerun_seed_counts_once_with_its_newest_record():
+    records = [_rec("M", 999, 0.50, 0.20), _rec("M", 999, 0.10, 0.04), _rec("M", 42, 0.12, 0.05)]
+    records[1]["job_id"] = "newer-id-of-the-same-run"
+    official = {"M": [{"seed": 999, "test": {"recall@20": 0.11, "ndcg@20": 0.045}}]}
+    row = fidelity_rows(records, official)[0]
+    assert row["seeds"] == "42,999" and row["ratio R@20"] == pytest.approx(1.0)
