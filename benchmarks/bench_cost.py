@@ -20,25 +20,20 @@ epoch).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from tabulate import tabulate
 
+from benchmarks.bench_common import REFERENCE, official_records, publish
 from benchmarks.runner import RunOptions, execute, plan
 from benchmarks.store import ResultStore
 from models.registry import names
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
-OFFICIAL = SHARED / "tiktok-official-results.json"
-
 
 def official_costs() -> dict[str, dict]:
-    if not OFFICIAL.is_file():
-        return {}
     out = {}
-    for rec in json.loads(OFFICIAL.read_text()):
+    for rec in official_records():
         if rec.get("train_seconds_per_epoch") is None or rec.get("seed") != 999:
             continue
         out[rec["model"]] = {"train": rec["train_seconds_per_epoch"],
@@ -52,7 +47,7 @@ def official_costs() -> dict[str, dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="tiktok")
-    ap.add_argument("--data-root", default=str(SHARED))
+    ap.add_argument("--data-root", default=str(REFERENCE))
     ap.add_argument("--models", default=None)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=999)
@@ -107,10 +102,7 @@ def main(argv=None) -> int:
             f"missing protocol, one fresh process per job. Training seconds per epoch are medians over the "
             f"epochs (the first epoch carries warm-up); official figures: 2-core CPU, 15 epochs.**\n\n"
             f"{table}\n{summary}\n")
-    out = Path(args.out) / "cost_benchmark.md"
-    out.write_text(text)
-    print(text)
-    print(f"written to {out}")
+    publish(text, Path(args.out) / "cost_benchmark.md")
     return 0
 
 

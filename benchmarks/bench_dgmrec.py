@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.bench_common import OFFICIAL_RESULTS, REFERENCE, official_records
+
 PROJECT = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = PROJECT.parent / "shared" / "data" / "reference"
 TARGETS_GIB = {"clothing": 8.0, "elec": 20.0}
 
 
@@ -172,10 +173,7 @@ def truncated_epoch(model, task, cfg, rng, max_batches: int):
 
 
 def official_figures(data_root: str) -> dict | None:
-    path = Path(data_root) / "tiktok-official-results.json"
-    if not path.is_file():
-        return None
-    for rec in json.loads(path.read_text()):
+    for rec in official_records(Path(data_root) / OFFICIAL_RESULTS.name):
         if rec.get("model") == "DGMRec" and rec.get("seed") == 999 and rec.get("train_seconds_per_epoch"):
             return rec
     return None
@@ -211,7 +209,7 @@ def report(res: dict, args) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="tiktok,clothing,elec")
-    ap.add_argument("--data-root", default=str(DEFAULT_ROOT))
+    ap.add_argument("--data-root", default=str(REFERENCE))
     ap.add_argument("--epochs", type=int, default=3, help="training epochs of the TikTok part")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--max-batches", type=int, default=0,

@@ -59,6 +59,11 @@ class TrainResult:
         return float(np.mean(self.train_seconds)) / self.epoch_fraction if self.train_seconds else None
 
     @property
+    def train_seconds_per_epoch_median(self) -> float | None:
+        """Median seconds per epoch (leaves out the first epoch's warm-up), projected like the mean."""
+        return float(np.median(self.train_seconds)) / self.epoch_fraction if self.train_seconds else None
+
+    @property
     def eval_seconds(self) -> float | None:
         return float(np.mean(self.test_eval_seconds)) if self.test_eval_seconds else None
 

@@ -25,28 +25,26 @@ dynamics or from which epoch validation picked. The table is written to ``<out>/
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 from tabulate import tabulate
 
-from benchmarks.report import select_grid, _unique_jobs
+from benchmarks.bench_common import OFFICIAL_RESULTS, REFERENCE, official_records, publish
+from benchmarks.report import select_grid
 from benchmarks.store import ResultStore
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
-OFFICIAL = SHARED / "tiktok-official-results.json"
 METRICS = ("recall@20", "ndcg@20")
 TOLERANCE = 0.05
 Z_LIMIT = 2.0
 
 
-def official_runs(path: Path = OFFICIAL) -> dict[str, list[dict]]:
+def official_runs(path: Path = OFFICIAL_RESULTS) -> dict[str, list[dict]]:
     """The official ``ok`` missing-protocol runs per model (``partial`` grids count: their
     recorded setting finished)."""
     out: dict[str, list[dict]] = {}
-    for rec in json.loads(Path(path).read_text()):
+    for rec in official_records(path):
         if rec.get("protocol") == "missing" and rec.get("test") and rec.get("status") in ("ok", "partial"):
             out.setdefault(rec["model"], []).append(rec)
     return out
@@ -93,10 +91,11 @@ def compare(ours: list[float], official: list[float]) -> dict:
 
 
 def fidelity_rows(records: list[dict], official: dict[str, list[dict]]) -> list[dict]:
-    recs = [r for r in _unique_jobs(records) if r.get("protocol") == "missing" and r.get("status") == "ok"
+    recs = [r for r in records if r.get("protocol") == "missing" and r.get("status") == "ok"
             and r.get("dataset_kind") == "tiktok" and r.get("data_source") == "reference"]
     by_model: dict[str, list[dict]] = {}
-    newest: dict[tuple, dict] = {}  # a rerun of the same setting and seed counts once: its newest record
+    # one record per model, seed and setting: the newest (a retried or rerun job counts once)
+    newest: dict[tuple, dict] = {}
     for r in recs:
         setting = tuple(str(r.get("config", {}).get(k)) for k in r.get("grid_keys") or [])
         newest[(r["model"], r["seed"], setting)] = r
@@ -163,8 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=None, help="comma-separated; default: every model with an official figure")
     ap.add_argument("--seeds", default="999,42,2023")
     ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--data-root", default=str(SHARED))
-    ap.add_argument("--official", default=str(OFFICIAL))
+    ap.add_argument("--data-root", default=str(REFERENCE))
+    ap.add_argument("--official", default=str(OFFICIAL_RESULTS))
     ap.add_argument("--out", default="results/fidelity")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--set", dest="sets", action="append", default=[])
@@ -184,6 +183,9 @@ def main(argv=None) -> int:
                           sets=sets, jobs=args.jobs, results_dir=args.out,
                           cache_dir=str(Path(args.out) / "cache"), progress=True)
         execute(plan(opts).jobs, ResultStore(args.out), n_workers=args.jobs, progress=True)
+    if args.report_only and not (Path(args.out) / "results.jsonl").is_file():
+        raise SystemExit(f"{Path(args.out) / 'results.jsonl'}: no results store to report on "
+                         "(run without --report-only first, or point --out at an earlier run)")
     records = [r for r in ResultStore(args.out).records(warn=False) if r.get("model") in models]
     rows = fidelity_rows(records, official)
     order = {m: i for i, m in enumerate(PAPER_ORDER)}
@@ -192,11 +194,7 @@ def main(argv=None) -> int:
     text = (f"**Fidelity on the reference TikTok data ({args.epochs} epochs, missing protocol, mean over seeds). "
             f"ok: ratio within {TOLERANCE:.0%}; noise: outside it but |z| < {Z_LIMIT:g} (z = gap / standard error "
             f"of the seed spread); GAP: neither.**\n\n{table}\n")
-    out = Path(args.out) / "fidelity.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
-    print(f"written to {out}")
+    publish(text, Path(args.out) / "fidelity.md")
     return 0
 
 

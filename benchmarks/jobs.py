@@ -246,8 +246,7 @@ def _fill(record: dict, result) -> None:
         "best_epoch": result.best_epoch, "valid": result.valid, "test": result.test,
         "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
         "train_seconds_per_epoch": _r(result.train_seconds_per_epoch),
-        "train_seconds_per_epoch_median": _r(float(np.median(result.train_seconds)) / result.epoch_fraction
-                                             if result.train_seconds else None),
+        "train_seconds_per_epoch_median": _r(result.train_seconds_per_epoch_median),
         "eval_seconds": _r(result.eval_seconds),
         "valid_eval_seconds": _r(float(np.mean(result.valid_eval_seconds)) if result.valid_eval_seconds else None),
         "curve": result.curve,

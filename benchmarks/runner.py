@@ -116,14 +116,15 @@ def worker_threads(n_workers: int) -> int:
     """Torch threads per worker: ``OMP_NUM_THREADS`` when set (a shared machine), else the cores
     divided among the workers (more threads than cores makes every job slower)."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env:
-        try:
-            if int(env) >= 1:
-                return int(env)
-        except ValueError:
-            pass
+    if not env:
+        return max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    try:
+        threads = int(env)
+    except ValueError:
+        threads = 0
+    if threads < 1:
         raise ValueError(f"OMP_NUM_THREADS must be a positive integer, got {env!r}")
-    return max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    return threads
 
 
 def _worker_init(threads: int):

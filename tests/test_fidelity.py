@@ -87,3 +87,24 @@ def test_a_rerun_seed_counts_once_with_its_newest_record():
     official = {"M": [{"seed": 999, "test": {"recall@20": 0.11, "ndcg@20": 0.045}}]}
     row = fidelity_rows(records, official)[0]
     assert row["seeds"] == "42,999" and row["ratio R@20"] == pytest.approx(1.0)
+
+
+def test_official_results_file_errors_name_the_file(tmp_path):
+    from benchmarks.bench_common import official_records
+    from data_prep.errors import DataError
+    assert official_records(tmp_path / "absent.json") == []
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"model": "X"')                                  # truncated
+    with pytest.raises(DataError, match="bad.json: not valid JSON"):
+        official_records(bad)
+    bad.write_text('{"model": "X"}')                                  # an object, not a list
+    with pytest.raises(DataError, match="bad.json: expected a JSON list of run records"):
+        official_records(bad)
+
+
+def test_report_only_without_a_store_says_so(tmp_path):
+    from benchmarks.fidelity import main
+    official = tmp_path / "official.json"
+    official.write_text("[]")
+    with pytest.raises(SystemExit, match="results.jsonl: no results store to report on"):
+        main(["--report-only", "--out", str(tmp_path / "none"), "--official", str(official)])

@@ -226,6 +226,7 @@ def test_max_batches_per_epoch_caps_epochs_and_projects_seconds(tmp_path):
     res = TrainResult(train_seconds=[1.0, 3.0], batches_per_epoch=10, batches_run=2)
     assert res.epoch_fraction == pytest.approx(0.2)
     assert res.train_seconds_per_epoch == pytest.approx(10.0)
+    assert res.train_seconds_per_epoch_median == pytest.approx(10.0)  # median 2.0 / 0.2
     assert TrainResult(train_seconds=[2.0], batches_per_epoch=5, batches_run=5).train_seconds_per_epoch == 2.0
     bad = _opts(tmp_path / "bad", ["TestCountingBatches"], seeds=[1],
                 sets={"epochs": 1, "grid_limit": None, "max_batches_per_epoch": 0})
