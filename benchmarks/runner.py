@@ -9,9 +9,12 @@ were running and a rerun completes it with every job exactly once.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 
 from . import registry_entry
@@ -167,19 +170,42 @@ def execute(jobs: list[dict], store: ResultStore, n_workers: int = 1, progress: 
             on_record(rec)
 
     try:
-        if run_pending is not None:
-            run_pending(pending, record)
-        elif n_workers <= 0:
-            for spec in pending:
-                record(run_job(spec, progress=progress))
-        elif devices:
-            _run_pool(pending, len(devices), record, devices=devices, fresh=fresh_workers)
-        else:
-            _run_pool(pending, n_workers, record, fresh=fresh_workers)
+        with _sigterm_as_interrupt():
+            _dispatch(pending, record, n_workers, progress, devices, run_pending, fresh_workers)
     finally:
         if bar is not None:
             bar.close()
     return counts
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """A SIGTERM (a scheduler's stop, ``kill``) to the driver takes the Ctrl-C path: running
+    workers are stopped instead of being left orphaned, and the store keeps what finished."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(pending, record, n_workers, progress, devices, run_pending, fresh_workers) -> None:
+    if run_pending is not None:
+        run_pending(pending, record)
+    elif n_workers <= 0:
+        for spec in pending:
+            record(run_job(spec, progress=progress))
+    elif devices:
+        _run_pool(pending, len(devices), record, devices=devices, fresh=fresh_workers)
+    else:
+        _run_pool(pending, n_workers, record, fresh=fresh_workers)
 
 
 def _run_pool(pending: list[dict], n_workers: int, record, devices: list[str] | None = None,
@@ -215,6 +241,10 @@ def _run_pool(pending: list[dict], n_workers: int, record, devices: list[str] | 
                     else:
                         queue.append(spec)
         except KeyboardInterrupt:
+            # Stop the workers now: their jobs are rerun on resume, and waiting for them would
+            # only delay the exit (their records could no longer be written).
+            for proc in mp.active_children():
+                proc.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         finally:

@@ -1,4 +1,5 @@
 """The runner end to end: external models, grids chosen by validation, failures, resume after a kill."""
+import contextlib
 import json
 import os
 import signal
@@ -246,3 +247,49 @@ def test_null_valued_keys_do_not_change_job_identity(tmp_path):
                                                           "max_batches_per_epoch": 5})
     ids = [[j["job_id"] for j in plan(o).jobs] for o in (base, with_null, with_cap)]
     assert ids[0] == ids[1] and ids[0] != ids[2]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses POSIX signals and /proc")
+def test_sigterm_stops_the_workers_and_the_grid_resumes(tmp_path):
+    """SIGTERM to the runner alone (as a scheduler sends it): it exits with 130, its worker
+    processes do not outlive it, and a rerun completes the grid with every job once."""
+    cmd = [sys.executable, "run_all.py", "--protocol", "missing", "--datasets", "synthetic:tiktok",
+           "--models", "MFBPR", "--seeds", "1,2,3,4", "--quick", "--scale", "0.03", "--set", "epochs=6",
+           "--set", "max_train_seconds=null", "--set", "grid_limit=null", "--data-root", str(tmp_path / "nodata"),
+           "--results-dir", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+           "--jobs", "1"]
+    results = tmp_path / "res" / "results.jsonl"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (results.exists() and results.read_text().count("\n") >= 1):
+        time.sleep(0.2)
+
+    def children(pid):
+        try:
+            return {int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (t / "children").read_text().split()}
+        except OSError:
+            return set()
+    workers = children(proc.pid)
+    try:
+        assert workers, "the runner should have a worker process mid-grid"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            for w in workers:
+                with contextlib.suppress(OSError):
+                    os.kill(w, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert "rerun the same command to resume" in err
+    time.sleep(1.0)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists()
+             and "Z" not in (Path(f"/proc/{w}/stat").read_text().split(")")[-1].split()[:1] or ["Z"])]
+    assert not alive, f"worker processes outlived the runner: {alive}"
+    first = results.read_text().count("\n")
+    assert 1 <= first < 20
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = [json.loads(line)["job_id"] for line in results.read_text().splitlines() if line.strip()]
+    assert len(ids) == 20 and len(set(ids)) == 20
