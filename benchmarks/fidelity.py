@@ -37,16 +37,24 @@ from benchmarks.store import ResultStore
 
 METRICS = ("recall@20", "ndcg@20")
 TOLERANCE = 0.05
+EXTRA_SEEDS = Path(__file__).resolve().parent / "reference" / "tiktok-official-extra-seeds.json"
 Z_LIMIT = 2.0
 
 
-def official_runs(path: Path = OFFICIAL_RESULTS) -> dict[str, list[dict]]:
+def official_runs(path: Path = OFFICIAL_RESULTS, extra: tuple[Path, ...] = ()) -> dict[str, list[dict]]:
     """The official ``ok`` missing-protocol runs per model (``partial`` grids count: their
-    recorded setting finished)."""
+    recorded setting finished), from the official file and then from ``extra`` files of further
+    official seeds (``benchmarks.official_runs``); a model and seed already seen is not taken twice."""
     out: dict[str, list[dict]] = {}
-    for rec in official_records(path):
-        if rec.get("protocol") == "missing" and rec.get("test") and rec.get("status") in ("ok", "partial"):
-            out.setdefault(rec["model"], []).append(rec)
+    seen = set()
+    for source in (path, *extra):
+        for rec in official_records(source):
+            key = (rec["model"], rec.get("seed"))
+            if key in seen:
+                continue
+            if rec.get("protocol") == "missing" and rec.get("test") and rec.get("status") in ("ok", "partial"):
+                seen.add(key)
+                out.setdefault(rec["model"], []).append(rec)
     return out
 
 
@@ -164,6 +172,10 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--data-root", default=str(REFERENCE))
     ap.add_argument("--official", default=str(OFFICIAL_RESULTS))
+    ap.add_argument("--official-extra", action="append", default=None,
+                    help="file(s) of further official seeds (benchmarks.official_runs); default: "
+                         "benchmarks/reference/tiktok-official-extra-seeds.json when present; "
+                         "'none': the official file alone")
     ap.add_argument("--out", default="results/fidelity")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--set", dest="sets", action="append", default=[])
@@ -171,7 +183,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not Path(args.official).is_file():
         raise SystemExit(f"{args.official}: official results not found (needs ../shared/data/reference)")
-    official = official_runs(Path(args.official))
+    extra = [EXTRA_SEEDS] if args.official_extra is None else \
+        [Path(p) for p in args.official_extra if p != "none"]
+    for p in extra:
+        if p != EXTRA_SEEDS and not p.is_file():
+            raise SystemExit(f"{p}: official extra-seeds file not found")
+    official = official_runs(Path(args.official), tuple(extra))
     models = [m.strip() for m in args.models.split(",")] if args.models else \
         [m for m in PAPER_ORDER if m in official]
     if not args.report_only:

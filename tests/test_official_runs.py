@@ -1,0 +1,118 @@
+"""Further official seeds: parsing the official log, merging records, pooling them in fidelity."""
+import json
+
+import pytest
+
+from benchmarks.fidelity import official_runs
+from benchmarks.official_runs import main as official_main
+from benchmarks.official_runs import merge, parse_log
+
+
+def _metrics(r20, n20):
+    return (f"recall@5: 0.0100    recall@10: 0.0200    recall@20: {r20:.4f}    recall@50: 0.0900    "
+            f"ndcg@5: 0.0050    ndcg@10: 0.0080    ndcg@20: {n20:.4f}    ndcg@50: 0.0200    ")
+
+
+# Three epochs in the official trainer's log layout; validation improves at epochs 0 and 1 only.
+LOG = "\n".join([
+    "Sun 22 Nov 2026 16:13:21 INFO ██Server: \tvm",
+    "Sun 22 Nov 2026 16:13:25 INFO epoch 0 training [time: 2.00s, train loss: 182.6147]",
+    "Sun 22 Nov 2026 16:13:26 INFO epoch 0 evaluating [time: 0.80s, valid_score: 0.002400]",
+    "Sun 22 Nov 2026 16:13:26 INFO valid result: ", _metrics(0.0024, 0.0009),
+    "Sun 22 Nov 2026 16:13:26 INFO test result: ", _metrics(0.0026, 0.0014),
+    "Sun 22 Nov 2026 16:13:26 INFO ██ BM3--Best validation results updated!!!",
+    "Sun 22 Nov 2026 16:13:28 INFO epoch 1 training [time: 1.00s, train loss: 142.5713]",
+    "Sun 22 Nov 2026 16:13:29 INFO valid result: ", _metrics(0.0600, 0.0200),
+    "Sun 22 Nov 2026 16:13:29 INFO test result: ", _metrics(0.0640, 0.0243),
+    "Sun 22 Nov 2026 16:13:29 INFO ██ BM3--Best validation results updated!!!",
+    "Sun 22 Nov 2026 16:13:31 INFO epoch 2 training [time: 3.00s, train loss: 100.7609]",
+    "Sun 22 Nov 2026 16:13:32 INFO valid result: ", _metrics(0.0500, 0.0190),
+    "Sun 22 Nov 2026 16:13:32 INFO test result: ", _metrics(0.0700, 0.0300),
+    "Sun 22 Nov 2026 16:14:10 INFO best valid result: " + _metrics(0.0600, 0.0200),
+    "Sun 22 Nov 2026 16:14:10 INFO test result: " + _metrics(0.0640, 0.0243),
+    "Sun 22 Nov 2026 16:14:10 INFO ████Current BEST████:",
+])
+
+
+def test_parse_log_reads_curve_best_epoch_and_final_metrics():
+    rec = parse_log(LOG)
+    assert rec["best_epoch"] == 1                        # the last "updated" mark, not the best test epoch
+    assert rec["test"]["recall@20"] == 0.064 and rec["test"]["ndcg@20"] == 0.0243
+    assert rec["valid"]["recall@20"] == 0.06
+    assert rec["train_seconds_per_epoch"] == 2.0          # (2 + 1 + 3) / 3
+    assert [c["train_loss"] for c in rec["curve"]] == [182.6147, 142.5713, 100.7609]
+    assert [c["test_ndcg@20"] for c in rec["curve"]] == [0.0014, 0.0243, 0.03]
+    assert rec["curve"][2]["valid_recall@20"] == 0.05
+
+
+def test_parse_log_refuses_an_unfinished_run():
+    unfinished = LOG.split("best valid result")[0]
+    with pytest.raises(ValueError, match="no finished run"):
+        parse_log(unfinished)
+
+
+def test_merge_replaces_the_same_model_and_seed(tmp_path):
+    path = tmp_path / "extra.json"
+    path.write_text(json.dumps([{"model": "BM3", "seed": 42, "test": {"recall@20": 0.1}},
+                                {"model": "BM3", "seed": 7, "test": {"recall@20": 0.2}}]))
+    merged = merge(path, [{"model": "BM3", "seed": 42, "test": {"recall@20": 0.3}}])
+    assert [(r["seed"], r["test"]["recall@20"]) for r in merged] == [(7, 0.2), (42, 0.3)]
+    assert merge(tmp_path / "absent.json", [{"model": "A", "seed": 1}]) == [{"model": "A", "seed": 1}]
+
+
+def test_fidelity_pools_extra_seeds_without_double_counting(tmp_path):
+    def rec(seed, r, status="ok"):
+        return {"model": "BM3", "seed": seed, "protocol": "missing", "status": status,
+                "test": {"recall@20": r, "ndcg@20": r / 2}}
+    main = tmp_path / "official.json"
+    extra = tmp_path / "extra.json"
+    main.write_text(json.dumps([rec(999, 0.064)]))
+    # seed 999 again (must not count twice), two new seeds, one failed run (ignored)
+    extra.write_text(json.dumps([rec(999, 0.5), rec(42, 0.05), rec(2023, 0.066), rec(7, 0.0, "failed")]))
+    runs = official_runs(main, (extra,))
+    assert sorted((r["seed"], r["test"]["recall@20"]) for r in runs["BM3"]) == [(42, 0.05), (999, 0.064), (2023, 0.066)]
+    assert official_runs(main, (tmp_path / "absent.json",))["BM3"][0]["seed"] == 999
+
+
+def test_cli_refuses_a_folder_that_is_not_the_official_src(tmp_path):
+    with pytest.raises(SystemExit, match="not the official src folder"):
+        official_main(["--official-src", str(tmp_path), "--models", "BM3"])
+
+
+def test_run_one_drives_a_checkout_on_linked_data(tmp_path):
+    # A stand-in official src: its main.py needs the linked data file and the raw-image imports
+    # (torchvision, lmdb) the real one makes, then writes its log where the real one does.
+    from benchmarks.official_runs import run_one
+    src, data = tmp_path / "src", tmp_path / "tiktok"
+    src.mkdir()
+    data.mkdir()
+    (data / "tiktok.inter").write_text("userID\titemID\tx_label\n")
+    (src / "main.py").write_text(
+        "import os, sys, json\n"
+        "import torchvision.transforms, lmdb\n"
+        "assert os.path.isfile('../data/tiktok/tiktok.inter')\n"
+        "args = sys.argv\n"
+        "assert args[args.index('--seed') + 1] == '[42]'\n"
+        "assert json.loads(args[args.index('--config_override') + 1]) == {'epochs': 3}\n"
+        "os.makedirs('log/BM3', exist_ok=True)\n"
+        f"open('log/BM3/run.log', 'w').write({LOG!r})\n")
+    rec = run_one(src, data, "BM3", 42, {"epochs": 3}, timeout=60)
+    assert rec["status"] == "ok", rec.get("error")
+    assert (rec["seed"], rec["best_epoch"], rec["test"]["ndcg@20"]) == (42, 1, 0.0243)
+    assert not (src / "log").exists()                    # the checkout itself is left untouched
+    (src / "main.py").write_text("raise SystemExit('boom')\n")
+    failed = run_one(src, data, "BM3", 42, {"epochs": 3}, timeout=60)
+    assert failed["status"] == "failed" and "boom" in failed["error"]
+
+
+def test_workspace_sends_cuda_calls_to_the_available_device(tmp_path):
+    from benchmarks.official_runs import _workspace
+    src, data = tmp_path / "src", tmp_path / "tiktok"
+    (src / "models").mkdir(parents=True)
+    data.mkdir()
+    (src / "models" / "m.py").write_text("import torch\nx = torch.zeros(2).cuda()\n")
+    root = _workspace(src, data, "tiktok")
+    copied = (root / "src" / "models" / "m.py").read_text()
+    assert ".cuda()" not in copied and 'torch.cuda.is_available() else "cpu"' in copied
+    exec(compile(copied, "m.py", "exec"), {})            # runs on a CPU-only machine
+    assert (src / "models" / "m.py").read_text().endswith(".cuda()\n")  # the checkout is untouched
