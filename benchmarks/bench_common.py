@@ -10,6 +10,8 @@ from data_prep.errors import DataError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
 OFFICIAL_RESULTS = REFERENCE / "tiktok-official-results.json"
+# further seeds of the official code on the same data, written by benchmarks.official_runs
+EXTRA_SEEDS = Path(__file__).resolve().parent / "reference" / "tiktok-official-extra-seeds.json"
 
 
 def official_records(path: str | Path = OFFICIAL_RESULTS) -> list[dict]:

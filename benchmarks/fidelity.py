@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from benchmarks.bench_common import OFFICIAL_RESULTS, REFERENCE, official_records, publish
+from benchmarks.bench_common import EXTRA_SEEDS, OFFICIAL_RESULTS, REFERENCE, official_records, publish
 from benchmarks.report import select_grid
 from benchmarks.store import ResultStore
+from data_prep.errors import DataError
 
 METRICS = ("recall@20", "ndcg@20")
 TOLERANCE = 0.05
-EXTRA_SEEDS = Path(__file__).resolve().parent / "reference" / "tiktok-official-extra-seeds.json"
 Z_LIMIT = 2.0
 
 
@@ -216,4 +216,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except DataError as exc:  # a malformed official or extra-seeds file
+        raise SystemExit(str(exc))

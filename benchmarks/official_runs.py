@@ -34,8 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_common import OFFICIAL_RESULTS, REFERENCE, official_records
-from benchmarks.fidelity import EXTRA_SEEDS, official_setting
+from benchmarks.bench_common import EXTRA_SEEDS, OFFICIAL_RESULTS, REFERENCE, official_records
+from benchmarks.fidelity import official_setting
 from data_prep.errors import DataError
 
 _EPOCH = re.compile(r"epoch (\d+) training \[time: ([\d.]+)s, train loss: ([-\d.eE+na]+)\]")
@@ -57,6 +57,10 @@ _STUBS = {
 }
 
 
+def _metrics(line: str) -> dict[str, float]:
+    return {k: float(v) for k, v in _METRIC.findall(line)}
+
+
 def parse_log(text: str) -> dict:
     """Curve, best epoch and best valid/test metrics of one single-setting official run log."""
     lines = text.splitlines()
@@ -71,15 +75,15 @@ def parse_log(text: str) -> dict:
             continue
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
         if line.rstrip().endswith("INFO valid result:") and current is not None:
-            current["valid"] = dict((k, float(v)) for k, v in _METRIC.findall(nxt))
+            current["valid"] = _metrics(nxt)
         elif line.rstrip().endswith("INFO test result:") and current is not None:
-            current["test"] = dict((k, float(v)) for k, v in _METRIC.findall(nxt))
+            current["test"] = _metrics(nxt)
         elif "Best validation results updated" in line and current is not None:
             best_epoch = current["epoch"]
         elif "INFO best valid result:" in line:
-            final_valid = dict((k, float(v)) for k, v in _METRIC.findall(line))
+            final_valid = _metrics(line)
         elif "INFO test result: " in line and _METRIC.search(line):
-            final_test = dict((k, float(v)) for k, v in _METRIC.findall(line))
+            final_test = _metrics(line)
     if not curve or final_test is None:
         raise ValueError("the log holds no finished run (no epoch lines or no final test result)")
     return {
@@ -178,12 +182,17 @@ def main(argv=None) -> int:
         raise SystemExit(f"{src}: not the official src folder (no main.py)")
     if not data_dir.is_dir():
         raise SystemExit(f"{data_dir}: reference TikTok folder not found")
+    if not Path(args.official).is_file():
+        raise SystemExit(f"{args.official}: official results not found (they give each model's settings)")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     settings = _settings(Path(args.official))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in settings]
     if unknown:
         raise SystemExit(f"no seed-999 settings in {args.official} for: {', '.join(unknown)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     git = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
     commit = git.stdout.strip() if git.returncode == 0 else None

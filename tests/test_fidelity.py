@@ -108,3 +108,17 @@ def test_report_only_without_a_store_says_so(tmp_path):
     official.write_text("[]")
     with pytest.raises(SystemExit, match="results.jsonl: no results store to report on"):
         main(["--report-only", "--out", str(tmp_path / "none"), "--official", str(official)])
+
+
+def test_malformed_extra_seeds_file_is_named(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    official, extra = tmp_path / "official.json", tmp_path / "extra.json"
+    official.write_text("[]")
+    extra.write_text("{not json")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.fidelity", "--report-only", "--official", str(official),
+                           "--official-extra", str(extra), "--out", str(tmp_path / "out")],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert f"{extra}: not valid JSON" in done.stderr and "Traceback" not in done.stderr

@@ -1,5 +1,6 @@
 """Further official seeds: parsing the official log, merging records, pooling them in fidelity."""
 import json
+import shutil
 
 import pytest
 
@@ -79,6 +80,22 @@ def test_cli_refuses_a_folder_that_is_not_the_official_src(tmp_path):
         official_main(["--official-src", str(tmp_path), "--models", "BM3"])
 
 
+def test_cli_names_bad_settings_file_seeds_and_model(tmp_path):
+    src, data = tmp_path / "src", tmp_path / "tiktok"
+    src.mkdir()
+    data.mkdir()
+    (src / "main.py").write_text("")
+    official = tmp_path / "official.json"
+    official.write_text(json.dumps([{"model": "BM3", "seed": 999, "config_override": {"epochs": 15}}]))
+    base = ["--official-src", str(src), "--data-dir", str(data), "--out", str(tmp_path / "out.json")]
+    with pytest.raises(SystemExit, match="absent.json: official results not found"):
+        official_main(base + ["--models", "BM3", "--official", str(tmp_path / "absent.json")])
+    with pytest.raises(SystemExit, match="--seeds must be comma-separated integers, got '42,x'"):
+        official_main(base + ["--models", "BM3", "--official", str(official), "--seeds", "42,x"])
+    with pytest.raises(SystemExit, match="no seed-999 settings in .* for: NoSuchModel"):
+        official_main(base + ["--models", "BM3,NoSuchModel", "--official", str(official)])
+
+
 def test_run_one_drives_a_checkout_on_linked_data(tmp_path):
     # A stand-in official src: its main.py needs the linked data file and the raw-image imports
     # (torchvision, lmdb) the real one makes, then writes its log where the real one does.
@@ -113,6 +130,7 @@ def test_workspace_sends_cuda_calls_to_the_available_device(tmp_path):
     (src / "models" / "m.py").write_text("import torch\nx = torch.zeros(2).cuda()\n")
     root = _workspace(src, data, "tiktok")
     copied = (root / "src" / "models" / "m.py").read_text()
+    shutil.rmtree(root)
     assert ".cuda()" not in copied and 'torch.cuda.is_available() else "cpu"' in copied
     exec(compile(copied, "m.py", "exec"), {})            # runs on a CPU-only machine
     assert (src / "models" / "m.py").read_text().endswith(".cuda()\n")  # the checkout is untouched
