@@ -1,0 +1,313 @@
+"""Same computation: an official model class beside ours, on identical weights and batches.
+
+    python -m benchmarks.side_by_side --official-src /path/to/DGMRec/src --model SGL
+    python -m benchmarks.side_by_side --official-src /path/to/DGMRec/src --model SGL --train --seeds 999,42,2023
+
+When a model's mean over seeds parts from the official one, two questions remain: is it the
+model (its losses and gradients) or the loop around it (sampling, optimiser, schedule,
+evaluation)? This script answers both on the reference TikTok data, with the official class
+itself, built by the official data pipeline from a checkout of ``ptkjw1997/DGMRec`` (a private
+copy, as ``benchmarks.official_runs`` makes it: ``.cuda()`` to the available device,
+stand-ins for unused imports) with the settings of its official figure:
+
+* default (**check**): the official initial weights are copied into ours, one BPR batch of our
+  sampler goes through both ``calculate_loss`` with the model's randomness aligned (the same
+  torch seed before each side; SGL: our views are built from the very edges the official
+  ``torch.multinomial`` kept; BM3: dropout off on both), and the losses, the largest gradient
+  difference of every parameter and the largest difference between the official feature
+  tables and ours (after masking and imputation) are printed. Equal losses and gradients mean
+  the same model on the same inputs.
+* ``--train``: the official class is trained and evaluated by our engine (our sampler,
+  optimiser, schedule, evaluator) for each seed; its mean over seeds next to ours and the
+  official engine's tells model from training loop.
+
+Models with a weight map (``WEIGHTS``): MFBPR, LightGCN, SGL, SimGCL, BM3; ``--train`` needs no
+map and takes any official model name.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.bench_common import OFFICIAL_RESULTS, REFERENCE, official_records
+from benchmarks.fidelity import official_setting
+from models.base import Recommender
+
+_EMBEDDINGS = {"user_embedding": "user_embedding.weight", "item_embedding": "item_embedding.weight"}
+_ID_EMBEDDINGS = {"user_embedding": "user_embedding.weight", "item_embedding": "item_id_embedding.weight"}
+_BM3 = dict(_ID_EMBEDDINGS, **{"predictor.weight": "predictor.weight", "predictor.bias": "predictor.bias"},
+            **{f"raw.{m}": f"{name}_embedding.weight" for m, name in (("v", "image"), ("t", "text"), ("a", "audio"))},
+            **{f"trs.{m}.{p}": f"{name}_trs.{p}" for m, name in (("v", "image"), ("t", "text"), ("a", "audio"))
+               for p in ("weight", "bias")})
+# our state_dict key -> the official class's state_dict key
+WEIGHTS: dict[str, dict[str, str]] = {
+    "MFBPR": _EMBEDDINGS, "LightGCN": _EMBEDDINGS, "SGL": _ID_EMBEDDINGS, "SimGCL": _ID_EMBEDDINGS, "BM3": _BM3,
+}
+# attributes set to 0 on both sides for the one-batch check (their draws are not aligned)
+NO_DROPOUT: dict[str, tuple[str, ...]] = {"BM3": ("dropout",)}
+_FEATURES = {"v": "v_feat", "t": "t_feat", "a": "a_feat"}
+
+
+def copy_weights(ours: torch.nn.Module, official: torch.nn.Module, mapping: dict[str, str]) -> list[str]:
+    """Copy the official weights into ours through ``mapping``; every parameter of ours must be
+    covered. Returns the keys copied. Map entries whose key ours lacks (a modality the dataset
+    does not have) are skipped."""
+    mine, theirs = ours.state_dict(), official.state_dict()
+    params = {name for name, _ in ours.named_parameters()}
+    uncovered = sorted(params - set(mapping))
+    if uncovered:
+        raise ValueError(f"no official counterpart mapped for our parameter(s): {', '.join(uncovered)}")
+    copied = []
+    with torch.no_grad():
+        for key, off_key in mapping.items():
+            if key not in mine:
+                continue
+            if off_key not in theirs:
+                raise ValueError(f"the official model has no {off_key!r} (mapped from our {key!r})")
+            if mine[key].shape != theirs[off_key].shape:
+                raise ValueError(f"shape of our {key!r} {tuple(mine[key].shape)} differs from the official "
+                                 f"{off_key!r} {tuple(theirs[off_key].shape)}")
+            mine[key].copy_(theirs[off_key])
+            copied.append(key)
+    return copied
+
+
+@contextlib.contextmanager
+def _recording_multinomial(record: list):
+    """torch.multinomial as usual, each result also appended to ``record``."""
+    original = torch.multinomial
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        record.append(out)
+        return out
+    torch.multinomial = recording
+    try:
+        yield
+    finally:
+        torch.multinomial = original
+
+
+@contextlib.contextmanager
+def _replayed_edge_drops(ours, official, drawn: list):
+    """Our SGL views built from the official draws: each draw indexes the official edge list
+    (``edge_indices``), mapped to our edge order by (user, item)."""
+    dropper = ours.dropper
+    key_ours = dropper.users * dropper.n_items + dropper.items
+    order = torch.argsort(key_ours)
+    pending = list(drawn)
+
+    def replay(keep, weighted=True, generator=None):
+        idx = pending.pop(0)
+        edges = official.edge_indices[:, idx].to(key_ours.device)
+        key = edges[0] * dropper.n_items + edges[1]
+        at = order[torch.searchsorted(key_ours[order], key).clamp_max(len(order) - 1)]
+        if not torch.equal(key_ours[at], key):
+            raise ValueError("an official SGL edge is not among our training edges")
+        if len(idx) != keep:
+            raise ValueError(f"the official view keeps {len(idx)} edges, ours {keep}")
+        mask = torch.zeros(dropper.n_edges, dtype=torch.bool, device=key_ours.device)
+        mask[at] = True
+        return dropper.adjacency(mask)
+    original = dropper.sample
+    dropper.sample = replay
+    try:
+        yield
+    finally:
+        dropper.sample = original
+
+
+def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
+                 users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, seed: int = 5) -> dict:
+    """One batch through both models from equal weights: losses and, per parameter of ours,
+    the largest gradient difference and the largest official gradient entry."""
+    copied = copy_weights(ours, official, WEIGHTS[model])
+    for attr in NO_DROPOUT.get(model, ()):
+        setattr(ours, attr, 0.0)
+        setattr(official, attr, 0.0)
+    ours.zero_grad()
+    official.zero_grad()
+    drawn: list = []
+    torch.manual_seed(seed)
+    with _recording_multinomial(drawn) if model == "SGL" else contextlib.nullcontext():
+        loss_official = official.calculate_loss(torch.stack([users, pos, neg]))
+    torch.manual_seed(seed)
+    with _replayed_edge_drops(ours, official, drawn) if model == "SGL" else contextlib.nullcontext():
+        loss_ours = ours.calculate_loss(users, pos, neg)
+    loss_official.backward()
+    loss_ours.backward()
+    off_params = dict(official.named_parameters())
+    mine = dict(ours.named_parameters())
+    grads = {}
+    for key in copied:
+        off_key = WEIGHTS[model][key]
+        a, b = mine[key].grad, off_params[off_key].grad
+        if a is None or b is None:
+            grads[key] = {"max_diff": None if (a is None) != (b is None) else 0.0,
+                          "max_official": None if b is None else float(b.abs().max())}
+            continue
+        grads[key] = {"max_diff": float((a - b).abs().max()), "max_official": float(b.abs().max())}
+    return {"loss_ours": loss_ours.item(), "loss_official": loss_official.item(), "gradients": grads}
+
+
+def feature_differences(task, official) -> dict[str, float]:
+    """Largest difference between the official model's feature tables and ours, per modality."""
+    out = {}
+    for m, attr in _FEATURES.items():
+        theirs = getattr(official, attr, None)
+        if theirs is not None and m in task.features:
+            out[m] = float((theirs.detach().cpu() - task.features[m].cpu()).abs().max())
+    return out
+
+
+class OfficialInEngine(Recommender):
+    """An official model class behind our model interface, so that our engine trains and
+    evaluates it: its ``calculate_loss``/``full_sort_predict`` take the official batch layout."""
+    group = "collaborative"
+    uses_features = False
+
+    def __init__(self, config, task, official: torch.nn.Module):
+        super().__init__(config, task)
+        self.official = official
+
+    def calculate_loss(self, users, pos, neg):
+        return self.official.calculate_loss(torch.stack([users, pos, neg]))
+
+    def full_sort_predict(self, users):
+        return self.official.full_sort_predict((users,))
+
+    def pre_epoch(self, epoch):
+        self.official.pre_epoch_processing()
+
+
+def _official_settings(official_file: Path, model: str) -> tuple[dict, dict]:
+    for rec in official_records(official_file):
+        if rec.get("model") == model and rec.get("seed") == 999 and rec.get("config_override") is not None:
+            return rec["config_override"], official_setting(rec)
+    raise SystemExit(f"no seed-999 settings for {model} in {official_file}")
+
+
+def load_official(root: Path, model: str, seed: int, override: dict, setting: dict) -> torch.nn.Module:
+    """The official ``model`` class built as the official quick start builds it (config, dataset,
+    training loader, the first value of each grid key, seeds), from the private copy ``root``
+    made by ``benchmarks.official_runs._workspace``."""
+    src = str(root / "src")
+    for path in (str(root / "stubs"), src):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    with contextlib.chdir(src):
+        Config = importlib.import_module("utils.configurator").Config
+        RecDataset = importlib.import_module("utils.dataset").RecDataset
+        TrainDataLoader = importlib.import_module("utils.dataloader").TrainDataLoader
+        init_seed = importlib.import_module("utils.utils").init_seed
+        config_dict = {"gpu_id": "0", "missing_modal": 1, "missing_imputation": [1], "new_items": 0,
+                       "save_best_model": False, "seed": [seed],
+                       **override, **{k: [v] for k, v in setting.items()}}
+        config = Config(model, "tiktok", config_dict)
+        train_split = RecDataset(config).split()[0]
+        loader = TrainDataLoader(config, train_split, batch_size=config["train_batch_size"], shuffle=True)
+        for key in ["seed", *config["hyper_parameters"]]:
+            value = config[key]
+            config[key] = (value or [None])[0] if isinstance(value, list) or value is None else value
+        init_seed(seed)
+        loader.pretrain_setup()
+        module_path = Path(src) / "models" / f"{model.lower()}.py"
+        # a private module name: the official package is also called ``models``
+        spec = importlib.util.spec_from_file_location(f"official_{model.lower()}", module_path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        official = getattr(module, model)(config, loader).to(config["device"])
+        official.logger = logging.getLogger("official")
+    return official
+
+
+def main(argv=None) -> int:
+    from benchmarks import registry_entry
+    from benchmarks.cache import ArtifactCache
+    from benchmarks.engine import seed_everything, train_and_evaluate
+    from benchmarks.jobs import DatasetRef, load_dataset
+    from benchmarks.official_runs import _workspace
+    from benchmarks.protocols import get_protocol
+    from benchmarks.runner import RunOptions, plan
+    from benchmarks.sampling import BPRSampler
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--official-src", required=True, help="the src folder of a ptkjw1997/DGMRec checkout")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--train", action="store_true", help="train the official class in our engine for --seeds")
+    ap.add_argument("--seeds", default="999")
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--data-root", default=str(REFERENCE))
+    ap.add_argument("--official", default=str(OFFICIAL_RESULTS), help="where the model's settings come from")
+    ap.add_argument("--out", default=None, help="JSON file for the --train results")
+    args = ap.parse_args(argv)
+    src, data_dir = Path(args.official_src), Path(args.data_root) / "tiktok"
+    if not (src / "main.py").is_file():
+        raise SystemExit(f"{src}: not the official src folder (no main.py)")
+    if not data_dir.is_dir():
+        raise SystemExit(f"{data_dir}: reference TikTok folder not found")
+    if not args.train and args.model not in WEIGHTS:
+        raise SystemExit(f"no weight map for {args.model} (have: {', '.join(WEIGHTS)}); --train needs none")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    override, setting = _official_settings(Path(args.official), args.model)
+
+    ours_plan = plan(RunOptions(protocols=["missing"], datasets=["tiktok"], models=[args.model], seeds=[seeds[0]],
+                                data_root=args.data_root, sets={"epochs": args.epochs, **setting},
+                                cache_dir=None, progress=False))
+    spec = ours_plan.jobs[0]
+    cfg = spec["config"]
+    cls = registry_entry(args.model).cls
+    task = get_protocol("missing").build_task(load_dataset(DatasetRef(**spec["dataset_ref"])), cfg, cls,
+                                              spec["missing_ratio"], torch.device("cpu"), ArtifactCache(None))
+    root = _workspace(src, data_dir, "tiktok")
+    try:
+        if not args.train:
+            official = load_official(root, args.model, seeds[0], override, setting)
+            torch.manual_seed(seeds[0])
+            ours = cls(cfg, task)
+            users, pos, neg = next(BPRSampler(task, np.random.default_rng(seeds[0])).epoch(int(cfg["train_batch_size"])))
+            out = compare_step(args.model, ours, official, users, pos, neg)
+            feats = feature_differences(task, official)
+            print(f"{args.model}: one batch of {len(users)} from equal weights")
+            print(f"  loss ours {out['loss_ours']!r}  official {out['loss_official']!r}")
+            for key, g in out["gradients"].items():
+                print(f"  gradient {key}: largest difference {g['max_diff']}, largest official entry {g['max_official']}")
+            for m, d in feats.items():
+                print(f"  feature table {m}: largest difference from ours {d}")
+            return 0
+        results = []
+        for seed in seeds:
+            rng = seed_everything(seed)
+            model = OfficialInEngine(cfg, task, load_official(root, args.model, seed, override, setting))
+            r = train_and_evaluate(model, task, cfg, rng)
+            results.append({"model": args.model, "seed": seed, "best_epoch": r.best_epoch,
+                            "test": {k: r.test[k] for k in ("recall@20", "ndcg@20")},
+                            "curve": [{k: c.get(k) for k in ("epoch", "train_loss", "test_recall@20")} for c in r.curve]})
+            print(f"{args.model} (official class, our engine) seed {seed}: best epoch {r.best_epoch}, "
+                  f"R@20 {r.test['recall@20']:.4f}, N@20 {r.test['ndcg@20']:.4f}", flush=True)
+            if args.out:
+                Path(args.out).write_text(json.dumps(results, indent=1))
+        for metric in ("recall@20", "ndcg@20"):
+            vals = np.array([r["test"][metric] for r in results])
+            print(f"mean {metric} over {len(vals)} seeds: {vals.mean():.4f}"
+                  + (f" ± {vals.std(ddof=1):.4f}" if len(vals) > 1 else ""))
+        return 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
