@@ -98,8 +98,8 @@ def parse_log(text: str) -> dict:
     }
 
 
-def _settings(official_file: Path) -> dict[str, dict]:
-    """Each model's official seed-999 settings (its ``config_override``)."""
+def official_settings(official_file: Path) -> dict[str, dict]:
+    """Each model's official seed-999 run record (its ``config_override`` and grid setting)."""
     out = {}
     for rec in official_records(official_file):
         if rec.get("seed") == 999 and rec.get("config_override") is not None:
@@ -107,7 +107,13 @@ def _settings(official_file: Path) -> dict[str, dict]:
     return out
 
 
-def _workspace(official_src: Path, data_dir: Path, dataset: str) -> Path:
+def pinned_override(rec: dict) -> dict:
+    """An official run's ``config_override`` with each grid key pinned to the setting its
+    figure comes from, so that one run covers exactly that setting."""
+    return dict(rec["config_override"], **{k: [v] for k, v in official_setting(rec).items()})
+
+
+def workspace(official_src: Path, data_dir: Path, dataset: str) -> Path:
     root = Path(tempfile.mkdtemp(prefix="official-run-"))
     shutil.copytree(official_src, root / "src", ignore=shutil.ignore_patterns("__pycache__", "log", "saved"))
     # As for the official results file: hard-coded .cuda() calls go to the available device.
@@ -131,7 +137,7 @@ def _workspace(official_src: Path, data_dir: Path, dataset: str) -> Path:
 def run_one(official_src: Path, data_dir: Path, model: str, seed: int, override: dict,
             timeout: float | None = None) -> dict:
     """Run the official code for one model and seed; the parsed record (``status`` ok or failed)."""
-    root = _workspace(official_src, data_dir, "tiktok")
+    root = workspace(official_src, data_dir, "tiktok")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / "stubs"), env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "main.py", "-m", model, "-d", "tiktok", "--seed", f"[{seed}]",
@@ -188,7 +194,7 @@ def main(argv=None) -> int:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
         raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    settings = _settings(Path(args.official))
+    settings = official_settings(Path(args.official))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in settings]
     if unknown:
@@ -198,8 +204,7 @@ def main(argv=None) -> int:
     commit = git.stdout.strip() if git.returncode == 0 else None
     for model in models:
         base = settings[model]
-        # a grid is pinned to the setting the official figure comes from: one run per process
-        override = dict(base["config_override"], **{k: [v] for k, v in official_setting(base).items()})
+        override = pinned_override(base)
         for seed in seeds:
             rec = run_one(src, data_dir, model, seed, override, args.timeout)
             rec["official_commit"] = commit

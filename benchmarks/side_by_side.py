@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.bench_common import OFFICIAL_RESULTS, REFERENCE, official_records
+from benchmarks.bench_common import OFFICIAL_RESULTS, REFERENCE
 from benchmarks.fidelity import official_setting
 from models.base import Recommender
 
@@ -190,17 +190,10 @@ class OfficialInEngine(Recommender):
         self.official.pre_epoch_processing()
 
 
-def _official_settings(official_file: Path, model: str) -> tuple[dict, dict]:
-    for rec in official_records(official_file):
-        if rec.get("model") == model and rec.get("seed") == 999 and rec.get("config_override") is not None:
-            return rec["config_override"], official_setting(rec)
-    raise SystemExit(f"no seed-999 settings for {model} in {official_file}")
-
-
-def load_official(root: Path, model: str, seed: int, override: dict, setting: dict) -> torch.nn.Module:
+def load_official(root: Path, model: str, seed: int, override: dict) -> torch.nn.Module:
     """The official ``model`` class built as the official quick start builds it (config, dataset,
     training loader, the first value of each grid key, seeds), from the private copy ``root``
-    made by ``benchmarks.official_runs._workspace``."""
+    made by ``benchmarks.official_runs.workspace``; ``override`` as ``pinned_override`` gives it."""
     src = str(root / "src")
     for path in (str(root / "stubs"), src):
         if path not in sys.path:
@@ -211,8 +204,7 @@ def load_official(root: Path, model: str, seed: int, override: dict, setting: di
         TrainDataLoader = importlib.import_module("utils.dataloader").TrainDataLoader
         init_seed = importlib.import_module("utils.utils").init_seed
         config_dict = {"gpu_id": "0", "missing_modal": 1, "missing_imputation": [1], "new_items": 0,
-                       "save_best_model": False, "seed": [seed],
-                       **override, **{k: [v] for k, v in setting.items()}}
+                       "save_best_model": False, "seed": [seed], **override}
         config = Config(model, "tiktok", config_dict)
         train_split = RecDataset(config).split()[0]
         loader = TrainDataLoader(config, train_split, batch_size=config["train_batch_size"], shuffle=True)
@@ -236,7 +228,7 @@ def main(argv=None) -> int:
     from benchmarks.cache import ArtifactCache
     from benchmarks.engine import seed_everything, train_and_evaluate
     from benchmarks.jobs import DatasetRef, load_dataset
-    from benchmarks.official_runs import _workspace
+    from benchmarks.official_runs import official_settings, pinned_override, workspace
     from benchmarks.protocols import get_protocol
     from benchmarks.runner import RunOptions, plan
     from benchmarks.sampling import BPRSampler
@@ -262,7 +254,10 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    override, setting = _official_settings(Path(args.official), args.model)
+    record = official_settings(Path(args.official)).get(args.model)
+    if record is None:
+        raise SystemExit(f"no seed-999 settings for {args.model} in {args.official}")
+    override, setting = pinned_override(record), official_setting(record)
 
     ours_plan = plan(RunOptions(protocols=["missing"], datasets=["tiktok"], models=[args.model], seeds=[seeds[0]],
                                 data_root=args.data_root, sets={"epochs": args.epochs, **setting},
@@ -272,10 +267,10 @@ def main(argv=None) -> int:
     cls = registry_entry(args.model).cls
     task = get_protocol("missing").build_task(load_dataset(DatasetRef(**spec["dataset_ref"])), cfg, cls,
                                               spec["missing_ratio"], torch.device("cpu"), ArtifactCache(None))
-    root = _workspace(src, data_dir, "tiktok")
+    root = workspace(src, data_dir, "tiktok")
     try:
         if not args.train:
-            official = load_official(root, args.model, seeds[0], override, setting)
+            official = load_official(root, args.model, seeds[0], override)
             torch.manual_seed(seeds[0])
             ours = cls(cfg, task)
             users, pos, neg = next(BPRSampler(task, np.random.default_rng(seeds[0])).epoch(int(cfg["train_batch_size"])))
@@ -291,7 +286,7 @@ def main(argv=None) -> int:
         results = []
         for seed in seeds:
             rng = seed_everything(seed)
-            model = OfficialInEngine(cfg, task, load_official(root, args.model, seed, override, setting))
+            model = OfficialInEngine(cfg, task, load_official(root, args.model, seed, override))
             r = train_and_evaluate(model, task, cfg, rng)
             results.append({"model": args.model, "seed": seed, "best_epoch": r.best_epoch,
                             "test": {k: r.test[k] for k in ("recall@20", "ndcg@20")},

@@ -123,14 +123,23 @@ def test_run_one_drives_a_checkout_on_linked_data(tmp_path):
 
 
 def test_workspace_sends_cuda_calls_to_the_available_device(tmp_path):
-    from benchmarks.official_runs import _workspace
+    from benchmarks.official_runs import workspace
     src, data = tmp_path / "src", tmp_path / "tiktok"
     (src / "models").mkdir(parents=True)
     data.mkdir()
     (src / "models" / "m.py").write_text("import torch\nx = torch.zeros(2).cuda()\n")
-    root = _workspace(src, data, "tiktok")
+    root = workspace(src, data, "tiktok")
     copied = (root / "src" / "models" / "m.py").read_text()
     shutil.rmtree(root)
     assert ".cuda()" not in copied and 'torch.cuda.is_available() else "cpu"' in copied
     exec(compile(copied, "m.py", "exec"), {})            # runs on a CPU-only machine
     assert (src / "models" / "m.py").read_text().endswith(".cuda()\n")  # the checkout is untouched
+
+
+def test_pinned_override_fixes_each_grid_key_to_the_official_setting():
+    from benchmarks.official_runs import pinned_override
+    rec = {"config_override": {"epochs": 15, "reg_weight": [1.0, 0.01, 0.1], "learning_rate": [0.001]},
+           "grid_selected": "['reg_weight', 'missing_imputation', 'seed']=(0.01, 1, 999)"}
+    # seed and imputation are set per run, not pinned from the record
+    assert pinned_override(rec) == {"epochs": 15, "reg_weight": [0.01], "learning_rate": [0.001]}
+    assert pinned_override({"config_override": {"epochs": 15}}) == {"epochs": 15}
