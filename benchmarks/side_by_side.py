@@ -12,8 +12,8 @@ stand-ins for unused imports) with the settings of its official figure:
 
 * default (**check**): the official initial weights are copied into ours, one BPR batch of our
   sampler goes through both ``calculate_loss`` with the model's randomness aligned (the same
-  torch seed before each side; SGL: our views are built from the very edges the official
-  ``torch.multinomial`` kept; BM3: dropout off on both), and the losses, the largest gradient
+  torch and numpy seeds before each side; SGL: our views are built from the very edges the official
+  ``torch.multinomial`` kept; BM3, NGCF: dropout off on both), and the losses, the largest gradient
   difference of every parameter and the largest difference between the official feature
   tables and ours (after masking and imputation) are printed. Equal losses and gradients mean
   the same model on the same inputs.
@@ -21,8 +21,8 @@ stand-ins for unused imports) with the settings of its official figure:
   optimiser, schedule, evaluator) for each seed; its mean over seeds next to ours and the
   official engine's tells model from training loop.
 
-Models with a weight map (``WEIGHTS``): MFBPR, LightGCN, SGL, SimGCL, BM3; ``--train`` needs no
-map and takes any official model name.
+Models with a weight map (``WEIGHTS``): MFBPR, LightGCN, NGCF, SGL, SimGCL, BM3, MILK;
+``--train`` needs no map and takes any official model name.
 """
 from __future__ import annotations
 
@@ -49,12 +49,23 @@ _BM3 = dict(_ID_EMBEDDINGS, **{"predictor.weight": "predictor.weight", "predicto
             **{f"raw.{m}": f"{name}_embedding.weight" for m, name in (("v", "image"), ("t", "text"), ("a", "audio"))},
             **{f"trs.{m}.{p}": f"{name}_trs.{p}" for m, name in (("v", "image"), ("t", "text"), ("a", "audio"))
                for p in ("weight", "bias")})
+_NGCF = dict(_EMBEDDINGS, **{f"{ours}.{k}.{p}": f"{theirs}.{k}.{p}" for ours, theirs in (("gc", "gc_linears"),
+                                                                                       ("bi", "bi_linears"))
+                              for k in range(4) for p in ("weight", "bias")})
+_MILK = {"user_embedding": "user_embedding.weight",
+         **{f"features.{m}": f"{name}_embedding.weight" for m, name in (("v", "image"), ("t", "text"), ("a", "audio"))},
+         **{f"proj.{m}.{p}": f"{name}_trs.{p}" for m, name in (("v", "image"), ("t", "text"), ("a", "audio"))
+            for p in ("weight", "bias")}}
 # our state_dict key -> the official class's state_dict key
 WEIGHTS: dict[str, dict[str, str]] = {
-    "MFBPR": _EMBEDDINGS, "LightGCN": _EMBEDDINGS, "SGL": _ID_EMBEDDINGS, "SimGCL": _ID_EMBEDDINGS, "BM3": _BM3,
+    "MFBPR": _EMBEDDINGS, "LightGCN": _EMBEDDINGS, "NGCF": _NGCF, "SGL": _ID_EMBEDDINGS, "SimGCL": _ID_EMBEDDINGS,
+    "BM3": _BM3, "MILK": _MILK,
 }
-# attributes set to 0 on both sides for the one-batch check (their draws are not aligned)
-NO_DROPOUT: dict[str, tuple[str, ...]] = {"BM3": ("dropout",)}
+# dropout rates set to 0 for the one-batch check, (ours, official) attribute names: the two
+# sides draw their masks differently, so the draws cannot be aligned
+NO_DROPOUT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "BM3": (("dropout",), ("dropout",)), "NGCF": (("dropout",), ("mess_dropout",)),
+}
 _FEATURES = {"v": "v_feat", "t": "t_feat", "a": "a_feat"}
 
 
@@ -132,16 +143,19 @@ def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
     """One batch through both models from equal weights: losses and, per parameter of ours,
     the largest gradient difference and the largest official gradient entry."""
     copied = copy_weights(ours, official, WEIGHTS[model])
-    for attr in NO_DROPOUT.get(model, ()):
-        setattr(ours, attr, 0.0)
-        setattr(official, attr, 0.0)
+    for side, attrs in zip((ours, official), NO_DROPOUT.get(model, ((), ()))):
+        for attr in attrs:
+            rate = getattr(side, attr)
+            setattr(side, attr, [0.0] * len(rate) if isinstance(rate, (list, tuple)) else 0.0)
     ours.zero_grad()
     official.zero_grad()
     drawn: list = []
     torch.manual_seed(seed)
+    np.random.seed(seed)  # MILK's mixing weights are numpy draws on both sides
     with _recording_multinomial(drawn) if model == "SGL" else contextlib.nullcontext():
         loss_official = official.calculate_loss(torch.stack([users, pos, neg]))
     torch.manual_seed(seed)
+    np.random.seed(seed)
     with _replayed_edge_drops(ours, official, drawn) if model == "SGL" else contextlib.nullcontext():
         loss_ours = ours.calculate_loss(users, pos, neg)
     loss_official.backward()

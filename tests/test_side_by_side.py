@@ -182,3 +182,27 @@ def test_cli_refusals(tmp_path):
         main(["--official-src", str(tmp_path), "--model", "GRCN", "--data-root", str(tmp_path)])
     with pytest.raises(SystemExit, match="--seeds must be comma-separated integers"):
         main(["--official-src", str(tmp_path), "--model", "SGL", "--data-root", str(tmp_path), "--seeds", "1;2"])
+
+
+def test_dropout_rates_are_zeroed_on_both_sides_under_their_own_names(replica):
+    """NGCF: our per-layer rates are ``dropout``, the official ones ``mess_dropout``."""
+    ours, task, cfg, rng = build(replica, "NGCF")
+    official = nn.Module()
+    official.mess_dropout = [0.1, 0.1]
+    official.user_embedding = nn.Embedding(task.n_users, ours.user_embedding.shape[1])
+    official.item_embedding = nn.Embedding(task.n_items, ours.user_embedding.shape[1])
+    seen = {}
+
+    def official_loss(interaction):
+        seen["rates"] = list(official.mess_dropout)
+        return official.user_embedding.weight[interaction[0]].sum() * 0.0
+    official.calculate_loss = official_loss
+    assert any(p > 0 for p in ours.dropout)
+    users, pos, neg = next(BPRSampler(task, rng).epoch(64))
+    with pytest.raises(ValueError, match="no 'gc_linears.0.weight'"):
+        compare_step("NGCF", ours, official, users, pos, neg)  # no layers yet
+    official.gc_linears = nn.ModuleList(nn.Linear(g.in_features, g.out_features) for g in ours.gc)
+    official.bi_linears = nn.ModuleList(nn.Linear(b.in_features, b.out_features) for b in ours.bi)
+    out = compare_step("NGCF", ours, official, users, pos, neg)
+    assert seen["rates"] == [0.0, 0.0] and ours.dropout == [0.0] * len(ours.gc)
+    assert np.isfinite(out["loss_ours"])
