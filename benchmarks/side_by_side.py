@@ -304,7 +304,8 @@ def main(argv=None) -> int:
             r = train_and_evaluate(model, task, cfg, rng)
             results.append({"model": args.model, "seed": seed, "best_epoch": r.best_epoch,
                             "test": {k: r.test[k] for k in ("recall@20", "ndcg@20")},
-                            "curve": [{k: c.get(k) for k in ("epoch", "train_loss", "test_recall@20")} for c in r.curve]})
+                            "curve": [{k: c.get(k) for k in ("epoch", "train_loss", "valid_recall@20", "test_recall@20")}
+                                      for c in r.curve]})
             print(f"{args.model} (official class, our engine) seed {seed}: best epoch {r.best_epoch}, "
                   f"R@20 {r.test['recall@20']:.4f}, N@20 {r.test['ndcg@20']:.4f}", flush=True)
             if args.out:
