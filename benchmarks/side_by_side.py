@@ -12,16 +12,17 @@ stand-ins for unused imports) with the settings of its official figure:
 
 * default (**check**): the official initial weights are copied into ours, one BPR batch of our
   sampler goes through both ``calculate_loss`` with the model's randomness aligned (the same
-  torch and numpy seeds before each side; SGL: our views are built from the very edges the official
-  ``torch.multinomial`` kept; BM3, NGCF: dropout off on both), and the losses, the largest gradient
-  difference of every parameter and the largest difference between the official feature
-  tables and ours (after masking and imputation) are printed. Equal losses and gradients mean
+  torch and numpy seeds before each side; SGL: our views are built from the very edges the
+  official ``torch.multinomial`` kept, SIBRAR: our two sources per row are the ones it drew;
+  BM3, NGCF: dropout off on both), and the losses, the largest gradient difference of every
+  parameter and the largest difference between the official feature tables and ours (after
+  masking and imputation) are printed. Equal losses and gradients mean
   the same model on the same inputs.
 * ``--train``: the official class is trained and evaluated by our engine (our sampler,
   optimiser, schedule, evaluator) for each seed; its mean over seeds next to ours and the
   official engine's tells model from training loop.
 
-Models with a weight map (``WEIGHTS``): MFBPR, LightGCN, NGCF, SGL, SimGCL, BM3, MILK;
+Models with a weight map (``WEIGHTS``): MFBPR, LightGCN, NGCF, SGL, SimGCL, BM3, MILK, SIBRAR;
 ``--train`` needs no map and takes any official model name.
 """
 from __future__ import annotations
@@ -56,10 +57,12 @@ _MILK = {"user_embedding": "user_embedding.weight",
          **{f"features.{m}": f"{name}_embedding.weight" for m, name in (("v", "image"), ("t", "text"), ("a", "audio"))},
          **{f"proj.{m}.{p}": f"{name}_trs.{p}" for m, name in (("v", "image"), ("t", "text"), ("a", "audio"))
             for p in ("weight", "bias")}}
+_SIBRAR = dict(_ID_EMBEDDINGS, **{k: k for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")},
+               **{k: v for k, v in _MILK.items() if k != "user_embedding"})
 # our state_dict key -> the official class's state_dict key
 WEIGHTS: dict[str, dict[str, str]] = {
     "MFBPR": _EMBEDDINGS, "LightGCN": _EMBEDDINGS, "NGCF": _NGCF, "SGL": _ID_EMBEDDINGS, "SimGCL": _ID_EMBEDDINGS,
-    "BM3": _BM3, "MILK": _MILK,
+    "BM3": _BM3, "MILK": _MILK, "SIBRAR": _SIBRAR,
 }
 # dropout rates set to 0 for the one-batch check, (ours, official) attribute names: the two
 # sides draw their masks differently, so the draws cannot be aligned
@@ -138,6 +141,26 @@ def _replayed_edge_drops(ours, official, drawn: list):
         dropper.sample = original
 
 
+@contextlib.contextmanager
+def _replayed_source_pairs(ours, official, drawn: list):
+    """Our SIBRAR's two sources per row are the first two the official multinomial drew."""
+    pending = list(drawn)
+
+    def replay(pos):
+        idx = pending.pop(0)
+        return idx[:, 0].to(pos.device), idx[:, 1].to(pos.device)
+    original = ours.sample_sources
+    ours.sample_sources = replay
+    try:
+        yield
+    finally:
+        ours.sample_sources = original
+
+
+# models whose official draws come from torch.multinomial, replayed into ours
+REPLAY = {"SGL": _replayed_edge_drops, "SIBRAR": _replayed_source_pairs}
+
+
 def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
                  users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, seed: int = 5) -> dict:
     """One batch through both models from equal weights: losses and, per parameter of ours,
@@ -152,11 +175,11 @@ def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
     drawn: list = []
     torch.manual_seed(seed)
     np.random.seed(seed)  # MILK's mixing weights are numpy draws on both sides
-    with _recording_multinomial(drawn) if model == "SGL" else contextlib.nullcontext():
+    with _recording_multinomial(drawn) if model in REPLAY else contextlib.nullcontext():
         loss_official = official.calculate_loss(torch.stack([users, pos, neg]))
     torch.manual_seed(seed)
     np.random.seed(seed)
-    with _replayed_edge_drops(ours, official, drawn) if model == "SGL" else contextlib.nullcontext():
+    with REPLAY[model](ours, official, drawn) if model in REPLAY else contextlib.nullcontext():
         loss_ours = ours.calculate_loss(users, pos, neg)
     loss_official.backward()
     loss_ours.backward()

@@ -206,3 +206,17 @@ def test_dropout_rates_are_zeroed_on_both_sides_under_their_own_names(replica):
     out = compare_step("NGCF", ours, official, users, pos, neg)
     assert seen["rates"] == [0.0, 0.0] and ours.dropout == [0.0] * len(ours.gc)
     assert np.isfinite(out["loss_ours"])
+
+
+def test_sibrar_sources_are_the_official_draws_and_sampling_is_restored(replica):
+    from benchmarks.side_by_side import _recording_multinomial, _replayed_source_pairs
+    ours, task, cfg, rng = build(replica, "SIBRAR")
+    users, pos, neg = next(BPRSampler(task, rng).epoch(128))
+    drawn, original = [], torch.multinomial
+    with _recording_multinomial(drawn):
+        official_pick = torch.multinomial(torch.ones(4).expand(len(pos), -1), 3, replacement=False)
+    assert len(drawn) == 1 and torch.equal(drawn[0], official_pick)
+    with _replayed_source_pairs(ours, None, drawn):
+        k1, k2 = ours.sample_sources(pos)
+    assert torch.equal(k1, official_pick[:, 0]) and torch.equal(k2, official_pick[:, 1])
+    assert torch.multinomial is original and ours.sample_sources.__func__ is type(ours).sample_sources
