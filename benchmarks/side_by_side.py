@@ -22,13 +22,14 @@ stand-ins for unused imports) with the settings of its official figure:
   optimiser, schedule, evaluator) for each seed; its mean over seeds next to ours and the
   official engine's tells model from training loop.
 
-Models with a weight map (``WEIGHTS``): MFBPR, LightGCN, NGCF, SGL, SimGCL, BM3, MILK, SIBRAR;
+Models with a weight map (``WEIGHTS``): MFBPR, LightGCN, NGCF, SGL, SimGCL, BM3, MILK, SIBRAR, CI2MG;
 ``--train`` needs no map and takes any official model name.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import importlib.util
 import json
@@ -59,10 +60,18 @@ _MILK = {"user_embedding": "user_embedding.weight",
             for p in ("weight", "bias")}}
 _SIBRAR = dict(_ID_EMBEDDINGS, **{k: k for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")},
                **{k: v for k, v in _MILK.items() if k != "user_embedding"})
-# our state_dict key -> the official class's state_dict key
+_NAMES = (("v", "image"), ("t", "text"), ("a", "audio"))
+_CI2MG = dict(_ID_EMBEDDINGS,
+              **{f"proj.{m}.{p}": f"{name}_trs.{p}" for m, name in _NAMES for p in ("weight", "bias")},
+              **{f"prototypes.{m}": f"{name}_prot.weight" for m, name in _NAMES},
+              **{f"hyper.{m}.weight": f"hgcn_weight_{name}.weight" for m, name in _NAMES},
+              **{f"enhance.{m}.{p}": f"{name}_enhance.{p}" for m, name in _NAMES for p in ("weight", "bias")},
+              **{f"bn.{k}": f"bn.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")})
+# our state_dict key -> the official class's state_dict key (buffers such as batch-norm
+# statistics included)
 WEIGHTS: dict[str, dict[str, str]] = {
     "MFBPR": _EMBEDDINGS, "LightGCN": _EMBEDDINGS, "NGCF": _NGCF, "SGL": _ID_EMBEDDINGS, "SimGCL": _ID_EMBEDDINGS,
-    "BM3": _BM3, "MILK": _MILK, "SIBRAR": _SIBRAR,
+    "BM3": _BM3, "MILK": _MILK, "SIBRAR": _SIBRAR, "CI2MG": _CI2MG,
 }
 # dropout rates set to 0 for the one-batch check, (ours, official) attribute names: the two
 # sides draw their masks differently, so the draws cannot be aligned
@@ -161,40 +170,64 @@ def _replayed_source_pairs(ours, official, drawn: list):
 REPLAY = {"SGL": _replayed_edge_drops, "SIBRAR": _replayed_source_pairs}
 
 
+def _official_gradients(official, batch, seed, model, drawn=None):
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # MILK's mixing weights are numpy draws on both sides
+    with _recording_multinomial(drawn) if drawn is not None else contextlib.nullcontext():
+        loss = official.calculate_loss(batch)
+    loss.backward()
+    return loss
+
+
 def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
-                 users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, seed: int = 5) -> dict:
+                 users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, seed: int = 5,
+                 perturbation: float = 1e-7) -> dict:
     """One batch through both models from equal weights: losses and, per parameter of ours,
-    the largest gradient difference and the largest official gradient entry."""
+    the largest gradient difference and the largest official gradient entry.
+
+    As a yardstick, the official model is also run on weights scaled by (1 + ``perturbation``·N(0,1)):
+    where its own gradients move by as much as ours differ from them, the difference is float
+    rounding amplified by the model (CI2MG's Sinkhorn), not a different computation."""
     copied = copy_weights(ours, official, WEIGHTS[model])
     for side, attrs in zip((ours, official), NO_DROPOUT.get(model, ((), ()))):
         for attr in attrs:
             rate = getattr(side, attr)
             setattr(side, attr, [0.0] * len(rate) if isinstance(rate, (list, tuple)) else 0.0)
+    twin = copy.deepcopy(official)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        for p in twin.parameters():
+            p.mul_(1.0 + perturbation * torch.randn(p.shape, generator=g).to(p.device))
     ours.zero_grad()
     official.zero_grad()
+    twin.zero_grad()
+    batch = torch.stack([users, pos, neg])
     drawn: list = []
-    torch.manual_seed(seed)
-    np.random.seed(seed)  # MILK's mixing weights are numpy draws on both sides
-    with _recording_multinomial(drawn) if model in REPLAY else contextlib.nullcontext():
-        loss_official = official.calculate_loss(torch.stack([users, pos, neg]))
+    loss_official = _official_gradients(official, batch, seed, model, drawn if model in REPLAY else None)
+    _official_gradients(twin, batch, seed, model, [] if model in REPLAY else None)
     torch.manual_seed(seed)
     np.random.seed(seed)
     with REPLAY[model](ours, official, drawn) if model in REPLAY else contextlib.nullcontext():
         loss_ours = ours.calculate_loss(users, pos, neg)
-    loss_official.backward()
     loss_ours.backward()
-    off_params = dict(official.named_parameters())
+    off_params, twin_params = dict(official.named_parameters()), dict(twin.named_parameters())
     mine = dict(ours.named_parameters())
     grads = {}
-    for key in copied:
+    for key in (k for k in copied if k in mine):  # parameters; buffers have no gradient
         off_key = WEIGHTS[model][key]
-        a, b = mine[key].grad, off_params[off_key].grad
+        a, b, c = mine[key].grad, off_params[off_key].grad, twin_params[off_key].grad
         if a is None or b is None:
             grads[key] = {"max_diff": None if (a is None) != (b is None) else 0.0,
-                          "max_official": None if b is None else float(b.abs().max())}
+                          "max_official": None if b is None else float(b.abs().max()), "official_self": None}
             continue
-        grads[key] = {"max_diff": float((a - b).abs().max()), "max_official": float(b.abs().max())}
-    return {"loss_ours": loss_ours.item(), "loss_official": loss_official.item(), "gradients": grads}
+        grads[key] = {"max_diff": float((a - b).abs().max()), "max_official": float(b.abs().max()),
+                      "official_self": None if c is None else float((c - b).abs().max())}
+    # an official parameter that learns from this batch but has no counterpart in ours is a difference
+    mapped = set(WEIGHTS[model].values())
+    unmatched = sorted(k for k, p in off_params.items()
+                       if k not in mapped and p.grad is not None and bool(p.grad.abs().max() > 0))
+    return {"loss_ours": loss_ours.item(), "loss_official": loss_official.item(), "gradients": grads,
+            "official_only_with_gradient": unmatched}
 
 
 def feature_differences(task, official) -> dict[str, float]:
@@ -315,8 +348,13 @@ def main(argv=None) -> int:
             feats = feature_differences(task, official)
             print(f"{args.model}: one batch of {len(users)} from equal weights")
             print(f"  loss ours {out['loss_ours']!r}  official {out['loss_official']!r}")
+            def fmt(x):
+                return "none" if x is None else f"{x:.3g}"
             for key, g in out["gradients"].items():
-                print(f"  gradient {key}: largest difference {g['max_diff']}, largest official entry {g['max_official']}")
+                print(f"  gradient {key}: largest difference {fmt(g['max_diff'])} (official vs itself on weights "
+                      f"perturbed by 1e-7: {fmt(g['official_self'])}), largest official entry {fmt(g['max_official'])}")
+            unmatched = out["official_only_with_gradient"]
+            print(f"  official parameters with a gradient and no counterpart in ours: {', '.join(unmatched) or 'none'}")
             for m, d in feats.items():
                 print(f"  feature table {m}: largest difference from ours {d}")
             return 0
