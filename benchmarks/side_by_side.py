@@ -79,6 +79,11 @@ NO_DROPOUT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "BM3": (("dropout",), ("dropout",)), "NGCF": (("dropout",), ("mess_dropout",)),
 }
 _FEATURES = {"v": "v_feat", "t": "t_feat", "a": "a_feat"}
+# models whose official trainer runs model-specific steps that OfficialInEngine does not
+OWN_TRAINING_STEPS = {
+    "DGMRec": "the official trainer builds its CLUB estimators after the optimiser, keeps them in eval mode "
+              "while training and runs new-item generation before validation",
+}
 
 
 def copy_weights(ours: torch.nn.Module, official: torch.nn.Module, mapping: dict[str, str]) -> list[str]:
@@ -318,6 +323,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"{src}: not the official src folder (no main.py)")
     if not data_dir.is_dir():
         raise SystemExit(f"{data_dir}: reference TikTok folder not found")
+    if args.train and args.model in OWN_TRAINING_STEPS:
+        raise SystemExit(f"--train cannot run {args.model}: {OWN_TRAINING_STEPS[args.model]}")
     if not args.train and args.model not in WEIGHTS:
         raise SystemExit(f"no weight map for {args.model} (have: {', '.join(WEIGHTS)}); --train needs none")
     try:

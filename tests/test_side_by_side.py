@@ -182,6 +182,8 @@ def test_cli_refusals(tmp_path):
     (tmp_path / "tiktok").mkdir()
     with pytest.raises(SystemExit, match="no weight map for GRCN"):
         main(["--official-src", str(tmp_path), "--model", "GRCN", "--data-root", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--train cannot run DGMRec: the official trainer builds its CLUB"):
+        main(["--official-src", str(tmp_path), "--model", "DGMRec", "--data-root", str(tmp_path), "--train"])
     with pytest.raises(SystemExit, match="--seeds must be comma-separated integers"):
         main(["--official-src", str(tmp_path), "--model", "SGL", "--data-root", str(tmp_path), "--seeds", "1;2"])
 
