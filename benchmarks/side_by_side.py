@@ -37,35 +37,42 @@ import logging
 import shutil
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 
 from benchmarks.bench_common import OFFICIAL_RESULTS, REFERENCE
+from benchmarks.engine import seed_everything
 from benchmarks.fidelity import official_setting
+from data_prep.errors import DataError
 from models.base import Recommender
+
+_NAMES = (("v", "image"), ("t", "text"), ("a", "audio"))  # our modality key, the official attribute prefix
+
+
+def _per_modality(ours: str, theirs: str, params=("weight", "bias")) -> dict[str, str]:
+    """Map entries for every modality, e.g. ``("proj.{m}.{p}", "{name}_trs.{p}")``; ``params``
+    fills ``{p}`` (ignored when the pattern has none)."""
+    return {ours.format(m=m, p=p): theirs.format(name=name, p=p) for m, name in _NAMES for p in params}
+
 
 _EMBEDDINGS = {"user_embedding": "user_embedding.weight", "item_embedding": "item_embedding.weight"}
 _ID_EMBEDDINGS = {"user_embedding": "user_embedding.weight", "item_embedding": "item_id_embedding.weight"}
 _BM3 = dict(_ID_EMBEDDINGS, **{"predictor.weight": "predictor.weight", "predictor.bias": "predictor.bias"},
-            **{f"raw.{m}": f"{name}_embedding.weight" for m, name in (("v", "image"), ("t", "text"), ("a", "audio"))},
-            **{f"trs.{m}.{p}": f"{name}_trs.{p}" for m, name in (("v", "image"), ("t", "text"), ("a", "audio"))
-               for p in ("weight", "bias")})
+            **_per_modality("raw.{m}", "{name}_embedding.weight"), **_per_modality("trs.{m}.{p}", "{name}_trs.{p}"))
 _NGCF = dict(_EMBEDDINGS, **{f"{ours}.{k}.{p}": f"{theirs}.{k}.{p}" for ours, theirs in (("gc", "gc_linears"),
                                                                                        ("bi", "bi_linears"))
                               for k in range(4) for p in ("weight", "bias")})
-_MILK = {"user_embedding": "user_embedding.weight",
-         **{f"features.{m}": f"{name}_embedding.weight" for m, name in (("v", "image"), ("t", "text"), ("a", "audio"))},
-         **{f"proj.{m}.{p}": f"{name}_trs.{p}" for m, name in (("v", "image"), ("t", "text"), ("a", "audio"))
-            for p in ("weight", "bias")}}
+_MODALITY_INPUTS = dict(_per_modality("features.{m}", "{name}_embedding.weight"),
+                        **_per_modality("proj.{m}.{p}", "{name}_trs.{p}"))
+_MILK = {"user_embedding": "user_embedding.weight", **_MODALITY_INPUTS}
 _SIBRAR = dict(_ID_EMBEDDINGS, **{k: k for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")},
-               **{k: v for k, v in _MILK.items() if k != "user_embedding"})
-_NAMES = (("v", "image"), ("t", "text"), ("a", "audio"))
-_CI2MG = dict(_ID_EMBEDDINGS,
-              **{f"proj.{m}.{p}": f"{name}_trs.{p}" for m, name in _NAMES for p in ("weight", "bias")},
-              **{f"prototypes.{m}": f"{name}_prot.weight" for m, name in _NAMES},
-              **{f"hyper.{m}.weight": f"hgcn_weight_{name}.weight" for m, name in _NAMES},
-              **{f"enhance.{m}.{p}": f"{name}_enhance.{p}" for m, name in _NAMES for p in ("weight", "bias")},
+               **_MODALITY_INPUTS)
+_CI2MG = dict(_ID_EMBEDDINGS, **_per_modality("proj.{m}.{p}", "{name}_trs.{p}"),
+              **_per_modality("prototypes.{m}", "{name}_prot.weight"),
+              **_per_modality("hyper.{m}.weight", "hgcn_weight_{name}.weight"),
+              **_per_modality("enhance.{m}.{p}", "{name}_enhance.{p}"),
               **{f"bn.{k}": f"bn.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")})
 # our state_dict key -> the official class's state_dict key (buffers such as batch-norm
 # statistics included)
@@ -110,23 +117,17 @@ def copy_weights(ours: torch.nn.Module, official: torch.nn.Module, mapping: dict
     return copied
 
 
-@contextlib.contextmanager
 def _recording_multinomial(record: list):
-    """torch.multinomial as usual, each result also appended to ``record``."""
+    """torch.multinomial as usual, each result also appended to ``record`` (a context manager)."""
     original = torch.multinomial
 
     def recording(*args, **kwargs):
         out = original(*args, **kwargs)
         record.append(out)
         return out
-    torch.multinomial = recording
-    try:
-        yield
-    finally:
-        torch.multinomial = original
+    return mock.patch.object(torch, "multinomial", recording)
 
 
-@contextlib.contextmanager
 def _replayed_edge_drops(ours, official, drawn: list):
     """Our SGL views built from the official draws: each draw indexes the official edge list
     (``edge_indices``), mapped to our edge order by (user, item)."""
@@ -147,15 +148,9 @@ def _replayed_edge_drops(ours, official, drawn: list):
         mask = torch.zeros(dropper.n_edges, dtype=torch.bool, device=key_ours.device)
         mask[at] = True
         return dropper.adjacency(mask)
-    original = dropper.sample
-    dropper.sample = replay
-    try:
-        yield
-    finally:
-        dropper.sample = original
+    return mock.patch.object(dropper, "sample", replay)
 
 
-@contextlib.contextmanager
 def _replayed_source_pairs(ours, official, drawn: list):
     """Our SIBRAR's two sources per row are the first two the official multinomial drew."""
     pending = list(drawn)
@@ -163,21 +158,15 @@ def _replayed_source_pairs(ours, official, drawn: list):
     def replay(pos):
         idx = pending.pop(0)
         return idx[:, 0].to(pos.device), idx[:, 1].to(pos.device)
-    original = ours.sample_sources
-    ours.sample_sources = replay
-    try:
-        yield
-    finally:
-        ours.sample_sources = original
+    return mock.patch.object(ours, "sample_sources", replay)
 
 
 # models whose official draws come from torch.multinomial, replayed into ours
 REPLAY = {"SGL": _replayed_edge_drops, "SIBRAR": _replayed_source_pairs}
 
 
-def _official_gradients(official, batch, seed, model, drawn=None):
-    torch.manual_seed(seed)
-    np.random.seed(seed)  # MILK's mixing weights are numpy draws on both sides
+def _official_gradients(official, batch, seed, drawn=None):
+    seed_everything(seed)  # torch and numpy draws (MILK's mixing weights) start alike on every side
     with _recording_multinomial(drawn) if drawn is not None else contextlib.nullcontext():
         loss = official.calculate_loss(batch)
     loss.backward()
@@ -208,10 +197,9 @@ def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
     twin.zero_grad()
     batch = torch.stack([users, pos, neg])
     drawn: list = []
-    loss_official = _official_gradients(official, batch, seed, model, drawn if model in REPLAY else None)
-    _official_gradients(twin, batch, seed, model, [] if model in REPLAY else None)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    loss_official = _official_gradients(official, batch, seed, drawn if model in REPLAY else None)
+    _official_gradients(twin, batch, seed, [] if model in REPLAY else None)
+    seed_everything(seed)
     with REPLAY[model](ours, official, drawn) if model in REPLAY else contextlib.nullcontext():
         loss_ours = ours.calculate_loss(users, pos, neg)
     loss_ours.backward()
@@ -301,7 +289,7 @@ def load_official(root: Path, model: str, seed: int, override: dict) -> torch.nn
 def main(argv=None) -> int:
     from benchmarks import registry_entry
     from benchmarks.cache import ArtifactCache
-    from benchmarks.engine import seed_everything, train_and_evaluate
+    from benchmarks.engine import train_and_evaluate
     from benchmarks.jobs import DatasetRef, load_dataset
     from benchmarks.official_runs import official_settings, pinned_override, workspace
     from benchmarks.protocols import get_protocol
@@ -331,6 +319,8 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if not Path(args.official).is_file():
+        raise SystemExit(f"{args.official}: official results not found (they give the model's settings)")
     record = official_settings(Path(args.official)).get(args.model)
     if record is None:
         raise SystemExit(f"no seed-999 settings for {args.model} in {args.official}")
@@ -388,4 +378,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except DataError as exc:  # a malformed official results file
+        raise SystemExit(str(exc))

@@ -186,6 +186,9 @@ def test_cli_refusals(tmp_path):
         main(["--official-src", str(tmp_path), "--model", "DGMRec", "--data-root", str(tmp_path), "--train"])
     with pytest.raises(SystemExit, match="--seeds must be comma-separated integers"):
         main(["--official-src", str(tmp_path), "--model", "SGL", "--data-root", str(tmp_path), "--seeds", "1;2"])
+    with pytest.raises(SystemExit, match="nowhere.json: official results not found"):
+        main(["--official-src", str(tmp_path), "--model", "SGL", "--data-root", str(tmp_path),
+              "--official", str(tmp_path / "nowhere.json")])
 
 
 def test_dropout_rates_are_zeroed_on_both_sides_under_their_own_names(replica):
