@@ -24,13 +24,7 @@ KINDS = ("baby", "tiktok")        # 2 and 3 modalities
 PROTOCOLS = ("missing", "new_items")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP synchronisation cost (large on a shared 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @lru_cache(maxsize=None)

@@ -22,12 +22,7 @@ from models.losses import (batch_info_nce, bernoulli_kl, info_nce, nce_over_cand
 MODELS = ("LATTICE", "MGCN", "LGMRec", "DAMRS", "GUME")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared machine
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ MODELS = ("NGCF", "SGL", "SimGCL", "MILK", "SIBRAR", "CI2MG")
 SCALE = 0.03
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ from models.dgmrec import CLUBSample, blend_rows, perturb
 from models.graphs import knn_graph
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared; one intra-op thread is much faster under contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ENTRY = registry.get("DGMRec")

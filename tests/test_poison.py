@@ -23,13 +23,7 @@ SCALE = 0.02
 _DATA = {}
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Multi-threaded CPU reductions differ in the last bits from run to run; one thread is exact."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def replica(kind):
