@@ -29,6 +29,14 @@ def official_records(path: str | Path = OFFICIAL_RESULTS) -> list[dict]:
     return records
 
 
+def parse_seeds(text: str) -> list[int]:
+    """A benchmark script's ``--seeds`` value; anything but comma-separated integers stops the script."""
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
 def publish(text: str, path: str | Path) -> Path:
     """Print a benchmark's table and write it to ``path``."""
     path = Path(path)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from benchmarks.bench_common import EXTRA_SEEDS, OFFICIAL_RESULTS, REFERENCE, official_records, publish
+from benchmarks.bench_common import EXTRA_SEEDS, OFFICIAL_RESULTS, REFERENCE, official_records, parse_seeds, publish
 from benchmarks.report import select_grid
 from benchmarks.store import ResultStore
 from data_prep.errors import DataError
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
         from benchmarks.runner import RunOptions, execute, plan
         sets = {"epochs": args.epochs, **parse_sets(args.sets)}
         opts = RunOptions(protocols=["missing"], datasets=["tiktok"], models=models,
-                          seeds=[int(s) for s in args.seeds.split(",")], data_root=args.data_root, full=True,
+                          seeds=parse_seeds(args.seeds), data_root=args.data_root, full=True,
                           sets=sets, jobs=args.jobs, results_dir=args.out,
                           cache_dir=str(Path(args.out) / "cache"), progress=True)
         execute(plan(opts).jobs, ResultStore(args.out), n_workers=args.jobs, progress=True)

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_common import EXTRA_SEEDS, OFFICIAL_RESULTS, REFERENCE, official_records
+from benchmarks.bench_common import EXTRA_SEEDS, OFFICIAL_RESULTS, REFERENCE, official_records, parse_seeds
 from benchmarks.fidelity import official_setting
 from data_prep.errors import DataError
 
@@ -190,10 +190,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{data_dir}: reference TikTok folder not found")
     if not Path(args.official).is_file():
         raise SystemExit(f"{args.official}: official results not found (they give each model's settings)")
-    try:
-        seeds = [int(x) for x in args.seeds.split(",")]
-    except ValueError:
-        raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    seeds = parse_seeds(args.seeds)
     settings = official_settings(Path(args.official))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in settings]

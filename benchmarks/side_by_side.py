@@ -42,7 +42,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-from benchmarks.bench_common import OFFICIAL_RESULTS, REFERENCE
+from benchmarks.bench_common import OFFICIAL_RESULTS, REFERENCE, parse_seeds
 from benchmarks.engine import seed_everything
 from benchmarks.fidelity import official_setting
 from data_prep.errors import DataError
@@ -315,10 +315,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--train cannot run {args.model}: {OWN_TRAINING_STEPS[args.model]}")
     if not args.train and args.model not in WEIGHTS:
         raise SystemExit(f"no weight map for {args.model} (have: {', '.join(WEIGHTS)}); --train needs none")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    seeds = parse_seeds(args.seeds)
     if not Path(args.official).is_file():
         raise SystemExit(f"{args.official}: official results not found (they give the model's settings)")
     record = official_settings(Path(args.official)).get(args.model)

@@ -122,3 +122,12 @@ def test_malformed_extra_seeds_file_is_named(tmp_path):
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert f"{extra}: not valid JSON" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_names_malformed_seeds(tmp_path):
+    from benchmarks.fidelity import main
+    official = tmp_path / "official.json"
+    official.write_text("[]")
+    with pytest.raises(SystemExit, match="--seeds must be comma-separated integers, got '1;2'"):
+        main(["--official", str(official), "--official-extra", "none", "--models", "SGL", "--seeds", "1;2",
+              "--out", str(tmp_path / "out")])
