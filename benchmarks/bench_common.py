@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from data_prep.errors import DataError
+from data_prep.shared import reference_root
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
+REFERENCE = reference_root()
 OFFICIAL_RESULTS = REFERENCE / "tiktok-official-results.json"
 # further seeds of the official code on the same data, written by benchmarks.official_runs
 EXTRA_SEEDS = Path(__file__).resolve().parent / "reference" / "tiktok-official-extra-seeds.json"

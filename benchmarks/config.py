@@ -8,6 +8,7 @@ stored with every result.
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import yaml
@@ -102,3 +103,93 @@ def expand_grid(cfg: dict, list_params=()) -> list[dict]:
         s["grid_keys"] = grid_keys
         settings.append(s)
     return settings
+
+
+# --------------------------------------------------------------------------- value checks
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# Global keys: (what a value must be, test). A value is checked for every resolved setting of
+# every selected model before any job starts, so a typo in a value fails in the first second.
+_RULES = {
+    "an integer >= 1": lambda x: _integer(x) and x >= 1,
+    "an integer >= 0": lambda x: _integer(x) and x >= 0,
+    "a number > 0": lambda x: _number(x) and x > 0,
+    "a number >= 0": lambda x: _number(x) and x >= 0,
+    "a number in [0, 1]": lambda x: _number(x) and 0 <= x <= 1,
+    "true or false": lambda x: isinstance(x, bool),
+    "a string": lambda x: isinstance(x, str),
+    "null or an integer >= 1": lambda x: x is None or (_integer(x) and x >= 1),
+    "null or a number > 0": lambda x: x is None or (_number(x) and x > 0),
+    "'auto' or a number in [0, 1)": lambda x: x == "auto" or x is None or (_number(x) and 0 <= x < 1),
+    "a list of numbers in [0, 1)": lambda x: isinstance(x, list) and all(_number(v) and 0 <= v < 1 for v in x),
+    "a list of integers >= 1": lambda x: isinstance(x, list) and len(x) > 0 and all(_integer(v) and v >= 1 for v in x),
+    "a non-empty list of metric names": lambda x: isinstance(x, list) and len(x) > 0 and all(isinstance(v, str) for v in x),
+    "[gamma > 0, step > 0]": lambda x: x is None or (isinstance(x, list) and len(x) == 2
+                                                      and all(_number(v) and v > 0 for v in x)),
+    "'auto', 'cpu', 'cuda' or 'cuda:N'": lambda x: isinstance(x, str) and
+    (x in ("auto", "cpu", "cuda") or (x.startswith("cuda:") and x[5:].isdigit())),
+}
+GLOBAL_RULES = {
+    "embedding_size": "an integer >= 1", "learning_rate": "a number > 0", "weight_decay": "a number >= 0",
+    "learning_rate_scheduler": "[gamma > 0, step > 0]", "train_batch_size": "an integer >= 1",
+    "eval_batch_size": "an integer >= 1", "epochs": "an integer >= 1", "eval_step": "an integer >= 1",
+    "stopping_step": "an integer >= 0", "valid_metric": "a string", "metrics": "a non-empty list of metric names",
+    "topk": "a list of integers >= 1", "missing_ratio": "'auto' or a number in [0, 1)",
+    "missing_ratio_sweep": "a list of numbers in [0, 1)", "device": "'auto', 'cpu', 'cuda' or 'cuda:N'",
+    "fix_reference_defects": "true or false", "deterministic": "true or false",
+    "max_batches_per_epoch": "null or an integer >= 1", "grid_limit": "null or an integer >= 1",
+    "resources_cpus": "a number > 0", "resources_gpus": "a number >= 0", "resources_memory_mb": "null or a number > 0",
+}
+
+
+_COUNT_KEY = re.compile(r"(^n_|_layers?$|^layer_num$|_num$|_k$|_topk$|_steps$|_batch$|_size$|_dim$|_hidden$|"
+                        r"_every$|_embedding$|_common$|^n_prototypes$)")
+
+
+def model_rule(key: str, default) -> str | None:
+    """What a model's own key must hold, from its default value (the model YAML is the schema):
+    booleans stay booleans and strings strings; counts (layers, neighbours, sizes, steps) are
+    integers >= 0; other numbers are >= 0, rates and dropouts lie in [0, 1] and temperatures
+    are > 0."""
+    if isinstance(default, list) and default and not isinstance(default[0], list):
+        default = default[0]  # a grid: every value must fit the element rule
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, str):
+        return "a string"
+    if _number(default):
+        if _COUNT_KEY.search(key):
+            return "an integer >= 0"
+        if "temp" in key:
+            return "a number > 0"
+        if "dropout" in key or key.endswith("_rate"):
+            return "a number in [0, 1]"
+        return "a number >= 0"
+    return None
+
+
+
+def check_values(cfg: dict, model_defaults: dict, sets: dict, where: str) -> None:
+    """Every known key of a resolved configuration (grid values one by one) against its rule;
+    the error names the key, where its value came from and what it must be."""
+    for key, value in cfg.items():
+        rule = GLOBAL_RULES.get(key)
+        if rule is None and key in model_defaults:
+            rule = model_rule(key, model_defaults[key])
+        if rule is None:
+            continue
+        whole = rule.startswith(("a list", "a non-empty list", "["))  # the rule is about the list itself
+        values = [value]
+        if isinstance(value, list) and not whole:  # a grid, or a list-valued parameter: each element
+            values = [x for v in value for x in (v if isinstance(v, list) else [v])]
+        for v in values:
+            if not _RULES[rule](v):
+                source = f"--set {key}={sets[key]!r}" if key in sets else f"configuration key {key!r} ({where})"
+                raise ConfigError(f"{source}: {key} must be {rule}, got {v!r}")

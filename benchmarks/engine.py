@@ -7,7 +7,9 @@ and test; early stopping on the validation metric rounded to 4 decimals (ties ar
 improvement) after more than ``stopping_step`` evaluations without improvement; the
 reported test metrics are those of the evaluation with the best validation metric. A
 non-finite loss ends training with a failure that carries the epoch and the best result
-so far.
+so far. There is no wall-clock cap: a result never depends on how busy the machine was.
+``stop_reason`` says why training ended: ``early_stopping``, ``epoch_budget`` (``epochs``
+ran out first) or ``not_trained`` (a model with nothing to learn, evaluated once).
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class TrainResult:
     valid_eval_seconds: list = field(default_factory=list)
     test_eval_seconds: list = field(default_factory=list)
     stopped_early: bool = False
+    stop_reason: str = ""  # early_stopping | epoch_budget | not_trained
     batches_per_epoch: int = 0
     batches_run: int = 0  # batches of the last epoch (fewer than batches_per_epoch when capped)
 
@@ -101,7 +104,10 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
                        analyses: dict | None = None) -> TrainResult:
     """Train ``model`` on ``task``; ``analyses`` (name -> object with ``capture(model)`` and
     ``finalize(captured)``) capture what they need from the model at every best-validation
-    evaluation and are scored once at the end (e.g. cross-modal retrieval)."""
+    evaluation and are scored once at the end (e.g. cross-modal retrieval).
+
+    ``progress(point)``, when given, is called after every epoch with that epoch's curve point
+    (epoch, train loss and, on evaluation epochs, the validation metric and the best so far)."""
     epochs = int(config["epochs"])
     eval_step = int(config["eval_step"])
     stopping_step = int(config["stopping_step"])
@@ -112,11 +118,12 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
     if valid_metric not in {f"{m}@{k}" for m in evaluator.metrics for k in evaluator.topk}:
         raise ValueError(f"valid_metric {valid_metric!r} is not among the computed metrics "
                          f"{config['metrics']} @ {config['topk']}")
-    optimizer = make_adam(model.optimizer_parameters(), lr=float(config["learning_rate"]),
-                          weight_decay=float(config.get("weight_decay", 0.0)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.get("learning_rate_scheduler")))
+    trainable = getattr(model, "trainable", True)
+    if trainable:
+        optimizer = make_adam(model.optimizer_parameters(), lr=float(config["learning_rate"]),
+                              weight_decay=float(config.get("weight_decay", 0.0)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.get("learning_rate_scheduler")))
     sampler = BPRSampler(task, rng)
-    max_seconds = config.get("max_train_seconds")
     max_batches = config.get("max_batches_per_epoch")
     max_batches = int(max_batches) if max_batches is not None else None
     if max_batches is not None and max_batches < 1:
@@ -126,8 +133,10 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
     analyses = analyses or {}
     captured: dict = {}
     best_score, bad_evals = -math.inf, 0
-    started = time.perf_counter()
     epoch = 0
+    if not trainable:
+        epochs = 0
+        result.stop_reason = "not_trained"
     try:
         for epoch in range(epochs):
             t0 = time.perf_counter()
@@ -171,17 +180,16 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
                         captured[name] = analysis.capture(model)
                 else:
                     bad_evals += 1
-                if progress is not None:
-                    progress.set_postfix({"epoch": epoch, "valid": f"{valid[valid_metric]:.4f}",
-                                          "best": f"{best_score:.4f}"}, refresh=False)
             result.curve.append(point)
             if progress is not None:
-                progress.update(1)
-            out_of_time = max_seconds is not None and time.perf_counter() - started > float(max_seconds) \
-                and result.best_epoch >= 0
-            if bad_evals > stopping_step or out_of_time:
+                progress(dict(point, best=best_score if best_score > -math.inf else None, epochs=epochs))
+            if bad_evals > stopping_step:
                 result.stopped_early = True
+                result.stop_reason = "early_stopping"
                 break
+        else:
+            if epochs > 0:
+                result.stop_reason = "epoch_budget"
     except TrainingFailure:
         raise
     except (MemoryError, torch.OutOfMemoryError) as exc:

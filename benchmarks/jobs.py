@@ -27,6 +27,7 @@ from data_prep.dataset import Dataset, load_folder
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SYNTHETIC_PREFIX = "synthetic:"
 PAPER_DATASETS = ("baby", "sports", "clothing", "tiktok")
+DEFAULT_DATA_ROOT = "data"
 RECORD_VERSION = 1
 
 
@@ -46,11 +47,12 @@ class DatasetRef:
         return self.source == "synthetic"
 
 
-def resolve_dataset(name: str, data_root: str | Path, scale: float) -> tuple[DatasetRef, bool]:
+def resolve_dataset(name: str, data_root: str | Path, scale: float, fallback: bool = True) -> tuple[DatasetRef, bool]:
     """A dataset name -> (reference, fell_back_to_synthetic).
 
     ``synthetic:<kind>`` always names a replica. A plain name is looked up under the data
-    root; a paper dataset that is not there falls back to its synthetic replica.
+    root; with ``fallback`` (the default data root, which a fresh clone does not have) a paper
+    dataset that is not there runs on its synthetic replica, otherwise it is an error.
     """
     if name.startswith(SYNTHETIC_PREFIX):
         kind = name[len(SYNTHETIC_PREFIX):]
@@ -62,10 +64,11 @@ def resolve_dataset(name: str, data_root: str | Path, scale: float) -> tuple[Dat
     folder = Path(data_root) / name
     if folder.is_dir():
         return DatasetRef(name, name, data_label(folder), str(Path(data_root).resolve())), False
-    if name in PAPER_DATASETS:
+    if name in PAPER_DATASETS and fallback:
         return DatasetRef(f"{SYNTHETIC_PREFIX}{name}", name, "synthetic", None, scale), True
-    raise FileNotFoundError(f"dataset folder {folder} not found; known replicas: "
-                            + ", ".join(f"synthetic:{k}" for k in PAPER_DATASETS + ("elec",)))
+    hint = f"; its synthetic replica is synthetic:{name}" if name in PAPER_DATASETS else \
+        "; known replicas: " + ", ".join(f"synthetic:{k}" for k in PAPER_DATASETS + ("elec",))
+    raise FileNotFoundError(f"dataset folder {folder} not found{hint}")
 
 
 def data_label(folder: Path) -> str:
@@ -172,8 +175,10 @@ def pick_device(name) -> torch.device:
 
 # --------------------------------------------------------------------------- the job
 
-def run_job(spec: dict, progress: bool = False) -> dict:
-    """Train and evaluate one job; always returns a record (``status`` ok or failed)."""
+def run_job(spec: dict, on_epoch=None) -> dict:
+    """Train and evaluate one job; always returns a record (``status`` ok or failed).
+
+    ``on_epoch(point)`` is called after every epoch with the epoch's curve point (progress display)."""
     from benchmarks import registry_entry
     from benchmarks.cache import ArtifactCache
     from benchmarks.engine import TrainingFailure, seed_everything, train_and_evaluate
@@ -187,13 +192,15 @@ def run_job(spec: dict, progress: bool = False) -> dict:
     record.update({"record_version": RECORD_VERSION, "config": cfg, "status": "failed", "started": _now()})
     t_start = time.perf_counter()
     device = torch.device("cpu")
-    bar = None
-    with PeakMemory() as mem:
+    # A deterministic job runs on one thread; the caller (a notebook, a test) keeps its own settings.
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with PeakMemory() as mem, _restored(threads, deterministic):
         try:
             device = pick_device(cfg.get("device"))
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             rng = seed_everything(int(spec["seed"]), bool(cfg.get("deterministic")))
+            record["environment"] = environment(device)  # the threads the job really runs on
             dataset = load_dataset(DatasetRef(**spec["dataset_ref"]))
             cache = ArtifactCache(spec.get("cache_dir"))
             entry = registry_entry(spec["model"])
@@ -203,11 +210,7 @@ def run_job(spec: dict, progress: bool = False) -> dict:
             model = entry.cls(cfg, task).to(device)
             record["setup_seconds"] = round(time.perf_counter() - t0, 3)
             record["n_parameters"] = int(sum(p.numel() for p in model.parameters()))
-            if progress:
-                from tqdm import tqdm
-                bar = tqdm(total=int(cfg["epochs"]), desc=f"{spec['model']}/{spec['dataset']}/s{spec['seed']}",
-                           unit="ep", leave=False, dynamic_ncols=True)
-            result = train_and_evaluate(model, task, cfg, rng, progress=bar,
+            result = train_and_evaluate(model, task, cfg, rng, progress=on_epoch,
                                         analyses=protocol.analyses(dataset, task, entry.cls))
             _fill(record, result)
             record["status"] = "ok"
@@ -228,23 +231,32 @@ def run_job(spec: dict, progress: bool = False) -> dict:
         except Exception as exc:  # noqa: BLE001 - a failing job must not stop the grid
             record["error"] = f"{type(exc).__name__}: {exc}"
             record["traceback"] = traceback.format_exc(limit=8)[-4000:]
-        finally:
-            if bar is not None:
-                bar.close()
     record["peak_memory_mb"] = mem.mb
     record["start_memory_mb"] = mem.start_mb  # process RSS when the job began (a reused worker carries some)
     if device.type == "cuda":
         record["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
     record["total_seconds"] = round(time.perf_counter() - t_start, 3)
     record["finished"] = _now()
-    record["environment"] = environment(device)
+    record.setdefault("environment", environment(device))
     return record
+
+
+class _restored:
+    def __init__(self, threads: int, deterministic: bool):
+        self.threads, self.deterministic = threads, deterministic
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
+        torch.use_deterministic_algorithms(self.deterministic)
 
 
 def _fill(record: dict, result) -> None:
     record.update({
         "best_epoch": result.best_epoch, "valid": result.valid, "test": result.test,
-        "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+        "epochs_run": result.epochs_run, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
         "train_seconds_per_epoch": _r(result.train_seconds_per_epoch),
         "train_seconds_per_epoch_median": _r(result.train_seconds_per_epoch_median),
         "eval_seconds": _r(result.eval_seconds),

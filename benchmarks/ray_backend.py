@@ -120,7 +120,7 @@ def _ray_task(spec: dict, device: str, threads: int):
     with tempfile.TemporaryDirectory(prefix="dgmrec-ray-") as tmp:
         if spec.get("results_dir"):
             spec["results_dir"] = tmp  # the driver writes the file into its own results dir
-        record = run_job(spec, progress=False)
+        record = run_job(spec)
         if record.get("per_user_file") and spec.get("results_dir"):
             per_user = (Path(tmp) / record["per_user_file"]).read_bytes()
     return record, per_user

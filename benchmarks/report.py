@@ -83,6 +83,22 @@ def _unique_jobs(records: list[dict]) -> list[dict]:
     return list({r.get("job_id", id(r)): r for r in records}.values())
 
 
+def latest_settings(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(kept, superseded): for each (model, dataset, protocol, ratio, seed) the records of the grid
+    run that reached the store last. A results folder collects every run made into it, so a table
+    is the union of those runs; where two runs trained the same cell under different settings,
+    the newer one is shown and the older one is named in the index instead of being averaged in."""
+    def cell(r):
+        return (r.get("model"), r.get("dataset"), r.get("protocol"), r.get("missing_ratio"), r.get("seed"))
+
+    newest = {}
+    for r in records:  # store order: later lines are newer
+        newest[cell(r)] = r.get("grid_group", r.get("job_id"))
+    kept = [r for r in records if r.get("grid_group", r.get("job_id")) == newest[cell(r)]]
+    superseded = [r for r in records if r.get("grid_group", r.get("job_id")) != newest[cell(r)]]
+    return kept, superseded
+
+
 def official_ratio(kind: str) -> float:
     return OFFICIAL_RATIOS.get(str(kind).lower(), DEFAULT_OFFICIAL_RATIO)
 
@@ -975,11 +991,11 @@ def write_report(records: list[dict], results_dir: str | Path, protocols=None, s
     out.mkdir(parents=True, exist_ok=True)
     if store is None and (out / "per_user").is_dir():
         store = ResultStore(out)
-    records = _unique_jobs(records)
+    records, superseded = latest_settings(_unique_jobs(records))
     if isinstance(protocols, str):
         protocols = [protocols]
     if protocols is None:
-        protocols = _present_protocols(records)
+        protocols = present_protocols(records)
     elif "all" in protocols:
         protocols = PROTOCOL_NAMES
     unknown = sorted(set(protocols) - set(PROTOCOL_NAMES))
@@ -1032,11 +1048,16 @@ def write_report(records: list[dict], results_dir: str | Path, protocols=None, s
         index.append("")
 
     failed = [r for r in records if r.get("status") == "failed"]
-    head = ["# Results of the last run", ""]
+    head = ["# Results in this folder", ""]
     ok = [r for r in records if r.get("status") == "ok"]
     head.append(f"{len(ok)} finished jobs, {len(failed)} failed; protocols: {', '.join(protocols) or 'none'}. "
-                f"Every table and figure of this run is linked below; other files in this folder are from "
-                f"earlier runs.")
+                f"The tables cover every run made into this folder (its `results.jsonl`); every table and "
+                f"figure is linked below.")
+    if superseded:
+        by = sorted({(r["model"], r["dataset"], r["protocol"]) for r in superseded})
+        notes.append(f"{len(superseded)} record(s) of earlier runs with other settings of the same cells are left "
+                     f"out of the tables (a newer run replaced them): "
+                     + "; ".join(f"{m} on {d} ({p})" for m, d, p in by) + ".")
     if ok:
         head.append("")
         head.append(data_caption(select_grid(ok)))
@@ -1065,7 +1086,7 @@ _SECTION_TITLES = {"missing": "Table 1: missing modalities (`missing`)",
                    "retrieval": "Cross-modal retrieval (`retrieval`)"}
 
 
-def _present_protocols(records: list[dict]) -> list[str]:
+def present_protocols(records: list[dict]) -> list[str]:
     jps = {r.get("protocol") for r in records if r.get("status") == "ok"}
     out = [p for p in ("missing", "new_items") if p in jps]
     if "missing" in jps:

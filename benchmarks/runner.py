@@ -16,10 +16,12 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import registry_entry
-from .config import check_sets, expand_grid, resolve
-from .jobs import PAPER_DATASETS, DatasetRef, code_version, job_id, load_dataset, resolve_dataset, run_job, spec_dict
+from .config import check_sets, check_values, expand_grid, resolve
+from .jobs import DEFAULT_DATA_ROOT, PAPER_DATASETS, DatasetRef, code_version, job_id, load_dataset, resolve_dataset, run_job, spec_dict
+from .progress import ProgressBoard, QueueDrain, job_label
 from .protocols import get_protocol
 from .store import ResultStore
 
@@ -34,7 +36,7 @@ class RunOptions:
     datasets: list[str]
     models: list[str]
     seeds: list[int] | None = None
-    data_root: str = "data"
+    data_root: str | None = None  # None: DEFAULT_DATA_ROOT, where absent paper datasets run on replicas
     quick: bool = False
     full: bool = False
     sets: dict = field(default_factory=dict)
@@ -58,14 +60,26 @@ def plan(opts: RunOptions) -> Plan:
     entries = [registry_entry(m) for m in opts.models]
     check_sets(opts.sets, entries)
     protocols = [get_protocol(p) for p in opts.protocols]
-    datasets = {}
+    explicit_root = opts.data_root is not None
+    root = Path(opts.data_root if explicit_root else DEFAULT_DATA_ROOT)
+    if explicit_root and not root.is_dir():
+        raise FileNotFoundError(f"--data-root {root}: no such folder (without --data-root, paper datasets missing "
+                                f"from {DEFAULT_DATA_ROOT}/ run on their synthetic replicas)")
+    datasets, unused_real = {}, []
     for requested in opts.datasets:
-        # --quick always runs on replicas; without real data a paper dataset falls back to its replica.
+        # --quick always runs on replicas; without real data under the default root a paper
+        # dataset runs on its replica, and an explicit --data-root must hold what is asked for.
         name = f"synthetic:{requested}" if opts.quick and requested in PAPER_DATASETS else requested
+        if name != requested and (root / requested).is_dir():
+            unused_real.append(str(root / requested))
         scale = opts.scale or (1.0 if opts.full and not opts.quick else QUICK_SCALE)
-        ref, fallback = resolve_dataset(name, opts.data_root, scale)
+        ref, fallback = resolve_dataset(name, root, scale, fallback=not explicit_root)
         quick = opts.quick or (ref.synthetic and not opts.full)
         datasets[ref.name] = {"ref": ref, "quick": quick, "fallback": fallback, "requested": requested}
+    # Every value of every setting is checked before any dataset is loaded or any job starts.
+    for kind, quick in sorted({(d["ref"].kind, d["quick"]) for d in datasets.values()}):
+        for entry in entries:
+            check_values(resolve(entry, kind, opts.sets, quick), entry.defaults, opts.sets, f"{entry.name} on {kind}")
     all_quick = all(d["quick"] for d in datasets.values())
     seeds = list(opts.seeds) if opts.seeds else ([PAPER_SEEDS[0]] if all_quick else list(PAPER_SEEDS))
     banner = []
@@ -73,9 +87,13 @@ def plan(opts: RunOptions) -> Plan:
         ref = d["ref"]
         what = {"synthetic": f"SYNTHETIC replica at scale {ref.scale}", "reference": "reference data (surrogate features)",
                 "real": "real data"}[ref.source]
-        note = " (no real data found under the data root)" if d["fallback"] else ""
-        sched = "quick capped schedule" if d["quick"] else "full protocol schedule"
+        note = f" (no {d['requested']}/ under {root}/)" if d["fallback"] else ""
+        sched = ("embedded default: first grid setting, official schedule to early stopping" if d["quick"]
+                 else "full protocol: every grid setting, official schedule to early stopping")
         banner.append(f"{d['requested']}: {what}{note}; {sched}")
+    if unused_real:
+        banner.append(f"--quick runs synthetic replicas: the data in {', '.join(unused_real)} is not used "
+                      f"(drop --quick to run on it)")
     banner.append(f"seeds: {','.join(map(str, seeds))}" + (" (one seed: quick run)" if all_quick and not opts.seeds else ""))
     version = code_version()
     jobs = []
@@ -130,11 +148,6 @@ def worker_threads(n_workers: int) -> int:
     return threads
 
 
-def _worker_init(threads: int):
-    import torch
-    torch.set_num_threads(threads)
-
-
 def execute(jobs: list[dict], store: ResultStore, n_workers: int = 1, progress: bool = True,
             retry_failed: bool = False, on_record=None, devices: list[str] | None = None,
             run_pending=None, fresh_workers: bool = False) -> dict:
@@ -155,26 +168,20 @@ def execute(jobs: list[dict], store: ResultStore, n_workers: int = 1, progress: 
             seen.add(j["job_id"])
             pending.append(j)
     counts = {"planned": len(jobs), "skipped": len(jobs) - len(pending), "ok": 0, "failed": 0}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(pending), desc="jobs", unit="job", dynamic_ncols=True)
+    board = ProgressBoard(len(pending), enabled=progress)
 
     def record(rec):
         store.append(rec)
         counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"{rec['model']}/{rec['dataset']} {rec['status']}")
+        board.finished(rec)
         if on_record is not None:
             on_record(rec)
 
     try:
         with _sigterm_as_interrupt():
-            _dispatch(pending, record, n_workers, progress, devices, run_pending, fresh_workers)
+            _dispatch(pending, record, n_workers, board, devices, run_pending, fresh_workers)
     finally:
-        if bar is not None:
-            bar.close()
+        board.close()
     return counts
 
 
@@ -196,50 +203,53 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _dispatch(pending, record, n_workers, progress, devices, run_pending, fresh_workers) -> None:
+def _dispatch(pending, record, n_workers, board, devices, run_pending, fresh_workers) -> None:
     if run_pending is not None:
         run_pending(pending, record)
     elif n_workers <= 0:
         for spec in pending:
-            record(run_job(spec, progress=progress))
+            record(run_job(spec, on_epoch=board.on_epoch(spec)))
     elif devices:
-        _run_pool(pending, len(devices), record, devices=devices, fresh=fresh_workers)
+        _run_pool(pending, len(devices), record, board, devices=devices, fresh=fresh_workers)
     else:
-        _run_pool(pending, n_workers, record, fresh=fresh_workers)
+        _run_pool(pending, n_workers, record, board, fresh=fresh_workers)
 
 
-def _run_pool(pending: list[dict], n_workers: int, record, devices: list[str] | None = None,
+def _run_pool(pending: list[dict], n_workers: int, record, board: ProgressBoard, devices: list[str] | None = None,
               fresh: bool = False) -> None:
     threads = worker_threads(n_workers)
     crashes: dict[str, int] = {}
     queue = list(pending)
+    ctx = mp.get_context("spawn")
+    epochs = ctx.Queue() if board.enabled else None  # workers' per-epoch progress messages
     while queue:
-        ctx = mp.get_context("spawn")
         if devices:  # one device per worker: each worker takes one slot from a queue when it starts
             slots = ctx.Queue()
             for d in devices:
                 slots.put(d)
             pool = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_slot_worker_init,
-                                          initargs=(threads, slots), max_tasks_per_child=1 if fresh else None)
+                                          initargs=(threads, epochs, slots), max_tasks_per_child=1 if fresh else None)
             futures = {pool.submit(_run_on_slot, spec): spec for spec in queue}
         else:
             pool = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
-                                          initargs=(threads,), max_tasks_per_child=1 if fresh else None)
-            futures = {pool.submit(run_job, spec, False): spec for spec in queue}
+                                          initargs=(threads, epochs), max_tasks_per_child=1 if fresh else None)
+            futures = {pool.submit(_run_reporting, spec): spec for spec in queue}
         queue = []
+        drain = QueueDrain(epochs, board) if epochs is not None else contextlib.nullcontext()
         try:
-            for fut in cf.as_completed(futures):
-                spec = futures[fut]
-                try:
-                    record(fut.result())
-                except cf.process.BrokenProcessPool:
-                    # A worker died (killed, or out of memory at the OS level). Retry the jobs
-                    # that were in flight once; a job that breaks the pool twice is recorded failed.
-                    crashes[spec["job_id"]] = crashes.get(spec["job_id"], 0) + 1
-                    if crashes[spec["job_id"]] >= MAX_WORKER_CRASHES:
-                        record(_crash_record(spec))
-                    else:
-                        queue.append(spec)
+            with drain:
+                for fut in cf.as_completed(futures):
+                    spec = futures[fut]
+                    try:
+                        record(fut.result())
+                    except cf.process.BrokenProcessPool:
+                        # A worker died (killed, or out of memory at the OS level). Retry the jobs
+                        # that were in flight once; a job that breaks the pool twice is recorded failed.
+                        crashes[spec["job_id"]] = crashes.get(spec["job_id"], 0) + 1
+                        if crashes[spec["job_id"]] >= MAX_WORKER_CRASHES:
+                            record(_crash_record(spec))
+                        else:
+                            queue.append(spec)
         except KeyboardInterrupt:
             # Stop the workers now: their jobs are rerun on resume, and waiting for them would
             # only delay the exit (their records could no longer be written).
@@ -249,6 +259,25 @@ def _run_pool(pending: list[dict], n_workers: int, record, devices: list[str] | 
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+_PROGRESS_QUEUE = None  # in a worker process: where run_job's epochs are reported (None: not shown)
+
+
+def _worker_init(threads: int, progress_queue=None):
+    global _PROGRESS_QUEUE
+    import torch
+    torch.set_num_threads(threads)
+    _PROGRESS_QUEUE = progress_queue
+
+
+def _run_reporting(spec: dict) -> dict:
+    """Run a job in a worker process, sending each epoch's curve point to the driver's board."""
+    on_epoch = None
+    if _PROGRESS_QUEUE is not None:
+        label, q = job_label(spec), _PROGRESS_QUEUE
+        on_epoch = lambda point: q.put((spec["job_id"], label, point))  # noqa: E731
+    return run_job(spec, on_epoch=on_epoch)
 
 
 def _crash_record(spec: dict) -> dict:
@@ -308,9 +337,9 @@ def gpu_worker_slots(device: str | None, jobs_per_gpu: int = 1, gpu_count: int |
     return [f"cuda:{s % gpus}" for s in range(gpus * jobs_per_gpu)]
 
 
-def _slot_worker_init(threads: int, slots) -> None:
+def _slot_worker_init(threads: int, progress_queue, slots) -> None:
     global _SLOT_DEVICE
-    _worker_init(threads)
+    _worker_init(threads, progress_queue)
     _SLOT_DEVICE = slots.get(timeout=120)
     import torch
     if _SLOT_DEVICE.startswith("cuda") and torch.cuda.is_available():
@@ -322,10 +351,11 @@ def _run_on_slot(spec: dict) -> dict:
     device = str(spec["config"].get("device") or "auto")
     if _SLOT_DEVICE is not None and (device == "auto" or device.startswith("cuda")):
         spec = dict(spec, config=dict(spec["config"], device=_SLOT_DEVICE))
-    return run_job(spec, False)
+    return _run_reporting(spec)
 
 
-def print_banner(p: Plan, protocols, models, stream=sys.stdout) -> None:
+def print_banner(p: Plan, protocols, models, stream=None) -> None:
+    stream = stream or sys.stdout
     print("=" * 78, file=stream)
     print(f"DGMRec benchmark suite: protocol(s) {', '.join(protocols)}; {len(models)} model(s); "
           f"{len(p.jobs)} job(s)", file=stream)

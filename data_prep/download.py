@@ -45,12 +45,11 @@ import yaml
 
 from .dataset import MODALITY_FILES, Dataset, dataset_files, load_folder, read_inter, sha256_file
 from .errors import DataError
+from .shared import reference_root
 
 MANIFEST_PATH = Path(__file__).with_name("manifest.yaml")
 CHECKSUMS_NAME = "CHECKSUMS.sha256"
 SOURCE_NAME = "SOURCE"
-# Folders holding surrogate ("reference") data; anything imported from inside them is labelled so.
-REFERENCE_ROOTS = (Path("/work/shared/data/reference"),)
 PROBE_TIMEOUT = 3.0  # seconds for the connectivity probe
 DEFAULT_TIMEOUT = 60.0  # seconds without a byte before a download is abandoned
 KINDS = ("real", "reference")
@@ -595,7 +594,7 @@ def _download(ds: DatasetEntry, root: Path, folder: Path, allow_unverified: bool
             f"{name}: the public files are in place and valid, but these have no public source:\n" + "\n".join(lines)
             + f"\n{note}\nPlace them in {folder}/ by hand, or import a complete folder with "
               f"`python -m data_prep import <dir>` (e.g. the surrogate features: "
-              f"`python -m data_prep import /work/shared/data/reference --names {name}`)")
+              f"`python -m data_prep import {reference_root()} --names {name}`)")
     log(f"{folder}: complete ({kind} data; {len(present)} files; {dataset.n_users} users, {dataset.n_items} items)")
     return dataset
 
@@ -721,14 +720,13 @@ def _is_dataset_folder(folder: Path) -> bool:
 
 
 def _is_reference_location(folder: Path) -> bool:
-    real = folder.resolve()
-    for root in REFERENCE_ROOTS:
-        try:
-            real.relative_to(root.resolve())
-            return True
-        except ValueError:
-            continue
-    return False
+    """Inside the shared reference folder (surrogate features): what is imported from there is
+    labelled ``reference``."""
+    try:
+        folder.resolve().relative_to(reference_root().resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def import_dir(src: str | Path, data_root: str | Path = "data", names: Iterable[str] | None = None,

@@ -49,9 +49,13 @@ DEFAULT_MASK_RATIOS = (2 / 3,)
 
 MIN_USERS, MIN_ITEMS = 100, 60
 MIN_PER_USER = 5          # like 5-core data
-FACTOR_DIM = 16           # per part: general, each modality, collaborative-only
-PREF_STD = 2.0            # std of the preference logit (all parts together)
-POP_SIGMA = 1.2           # std of the log-popularity (log-normal item popularity)
+# Calibrated so that a converged run looks like the real data (see README, "Quick start"):
+# trained graph models well above item popularity and content helping most for new items.
+# Low-rank tastes (4 factors per part) that a user's few interactions can reveal, a strong
+# preference term, and a popularity term too weak to win on its own.
+FACTOR_DIM = 4            # per part: general, each modality, collaborative-only
+PREF_STD = 8.0            # std of the preference logit (all parts together)
+POP_SIGMA = 0.8           # std of the log-popularity (log-normal item popularity)
 ACTIVITY_SIGMA = 1.0      # std of the log of a user's extra interactions (log-normal)
 FEATURE_NOISE = 1.0       # std of the Gaussian noise added to projected features
 SAMPLE_BLOCK = 1 << 22    # users x items scores per sampling chunk (16 MiB of float32)

@@ -22,7 +22,9 @@ Contract:
 
 Class attributes declare the data contract, which the protocol reads:
 
-* ``group``: collaborative | multi-modal | missing-modality-aware | proposed;
+* ``group``: non-personalised | collaborative | multi-modal | missing-modality-aware | proposed;
+* ``trainable``: False for a model with nothing to learn (ItemPop): the engine evaluates it
+  once instead of training it;
 * ``uses_features``: whether item features are loaded at all;
 * ``handles_missing``: ``"impute"`` (the protocol imputes masked rows before the model sees
   them) or ``"native"`` (masked rows are zero and the model uses ``task.missing``);
@@ -39,6 +41,7 @@ class Recommender(nn.Module):
     uses_features: bool = True
     handles_missing: str = "impute"
     list_params: tuple[str, ...] = ()
+    trainable: bool = True
     model_name: str = ""  # set by the registry
 
     def __init__(self, config: dict, task):

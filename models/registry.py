@@ -15,9 +15,10 @@ from pathlib import Path
 
 import yaml
 
-GROUPS = ("collaborative", "multi-modal", "missing-modality-aware", "proposed")
+# "non-personalised" holds the sanity floor (ItemPop) that every table reports beside the models.
+GROUPS = ("non-personalised", "collaborative", "multi-modal", "missing-modality-aware", "proposed")
 # The paper's row order; models not listed sort after these, alphabetically, within their group.
-PAPER_ORDER = ("MFBPR", "NGCF", "LightGCN", "SGL", "SimGCL", "VBPR", "MMGCN", "GRCN", "SLMRec", "BM3",
+PAPER_ORDER = ("ItemPop", "MFBPR", "NGCF", "LightGCN", "SGL", "SimGCL", "VBPR", "MMGCN", "GRCN", "SLMRec", "BM3",
                "LATTICE", "MGCN", "LGMRec", "DAMRS", "GUME", "CI2MG", "MILK", "SIBRAR", "DGMRec")
 _REGISTRY: dict[str, "ModelEntry"] = {}
 _DISCOVERED = False

@@ -54,14 +54,14 @@ def test_worker_takes_one_slot_and_runs_its_jobs_there(monkeypatch):
     """The worker initializer pins the process to its slot's GPU; jobs then run on that device."""
     pinned, ran = [], []
     monkeypatch.setattr(runner, "_SLOT_DEVICE", None)
-    monkeypatch.setattr(runner, "_worker_init", lambda threads: None)  # keep this process's threads
+    monkeypatch.setattr(runner, "_worker_init", lambda threads, progress_queue=None: None)  # keep this process's threads
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: pinned.append(str(d)))
-    monkeypatch.setattr(runner, "run_job", lambda spec, progress=False: ran.append(spec["config"]["device"]) or {})
+    monkeypatch.setattr(runner, "run_job", lambda spec, on_epoch=None: ran.append(spec["config"]["device"]) or {})
     slots = queue.Queue()
     for d in ("cuda:1", "cuda:0"):
         slots.put(d)
-    runner._slot_worker_init(1, slots)
+    runner._slot_worker_init(1, None, slots)
     assert pinned == ["cuda:1"] and slots.qsize() == 1  # took exactly one slot
     spec = {"config": {"device": "auto", "epochs": 1}}
     runner._run_on_slot(spec)
@@ -77,7 +77,7 @@ def test_cli_device_and_jobs_per_gpu(monkeypatch, tmp_path, gpus, capsys):
                         {"planned": len(jobs), "skipped": 0, "ok": 0, "failed": 0})
     monkeypatch.setattr(run_all, "write_report", lambda *a, **k: [])
     base = ["--datasets", "synthetic:tiktok", "--models", "MFBPR", "--quick", "--scale", "0.03", "--seeds", "1",
-            "--data-root", str(tmp_path / "none"), "--results-dir", str(tmp_path / "r"), "--no-progress"]
+            "--data-root", str(tmp_path), "--results-dir", str(tmp_path / "r"), "--no-progress"]
     gpus(2)
     assert run_all.main(base + ["--jobs-per-gpu", "2"]) == 0
     assert calls[-1][1]["devices"] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
@@ -108,7 +108,7 @@ def test_worker_processes_run_jobs_on_their_slot_device(tmp_path):
     """Real spawned workers: every job runs on its worker's slot device (here CUDA is absent, so
     each job fails at once with that device named, which shows where it was sent)."""
     opts = RunOptions(protocols=["missing"], datasets=["synthetic:tiktok"], models=["MFBPR"], seeds=[1, 2, 3],
-                      data_root=str(tmp_path / "none"), quick=True, scale=0.03, results_dir=str(tmp_path / "r"),
+                      data_root=str(tmp_path), quick=True, scale=0.03, results_dir=str(tmp_path / "r"),
                       cache_dir=None, jobs=2, progress=False)
     jobs = plan(opts).jobs
     assert all(j["config"]["device"] == "auto" for j in jobs)

@@ -291,7 +291,7 @@ def _poisoned(ds, ratio_key):
 def test_masked_true_features_never_reach_the_model(kind, scale, ratio):
     ds = make_replica(kind, scale)
     bad = _poisoned(ds, str(ratio))
-    cfg = config(kind, epochs=2, refresh_every=1, sampler=0.01, max_train_seconds=None)
+    cfg = config(kind, epochs=2, refresh_every=1, sampler=0.01)
     runs = []
     for d in (ds, bad):
         task = get_protocol("missing").build_task(d, cfg, ENTRY.cls, ratio)

@@ -107,7 +107,7 @@ def test_report_only_without_a_store_says_so(tmp_path):
     official = tmp_path / "official.json"
     official.write_text("[]")
     with pytest.raises(SystemExit, match="results.jsonl: no results store to report on"):
-        main(["--report-only", "--out", str(tmp_path / "none"), "--official", str(official)])
+        main(["--report-only", "--out", str(tmp_path), "--official", str(official)])
 
 
 def test_malformed_extra_seeds_file_is_named(tmp_path):

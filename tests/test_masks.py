@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from data_prep.dataset import MASK_KEYS, Interactions, read_mask
+from data_prep.shared import release_root
 from data_prep.masks import (
     STRATA,
     draw_missing_mask,
@@ -16,7 +17,7 @@ from data_prep.masks import (
     per_modality_missing,
 )
 
-RELEASE = Path("/work/shared/data/dgmrec-release")
+RELEASE = release_root()
 
 # Spec 1.4 table (shipped files).
 SPEC_SIZES = {
@@ -214,7 +215,7 @@ def test_per_modality_and_level_two_modalities():
     assert missing_level(empty3, 3).tolist() == [0, 0, 0]
 
 
-@pytest.mark.skipif(not (RELEASE / "tiktok/missing_items_0.6.npy").is_file(), reason="release files absent")
+@pytest.mark.usefixtures("release_dir")
 def test_levels_of_the_shipped_tiktok_mask():
     g = read_mask(RELEASE / "tiktok/missing_items_0.6.npy", 6710, 3)
     counts = np.bincount(missing_level(g, 6710), minlength=4)

@@ -77,7 +77,7 @@ class OutOfMemoryModel(PopularityModel):
 
 def _opts(tmp_path, models, **kw):
     base = dict(protocols=["missing"], datasets=["synthetic:tiktok"], models=models, seeds=[1, 2],
-                data_root=str(tmp_path / "nodata"), quick=True, scale=0.03, results_dir=str(tmp_path / "res"),
+                data_root=str(tmp_path), quick=True, scale=0.03, results_dir=str(tmp_path / "res"),
                 cache_dir=str(tmp_path / "cache"), jobs=0, progress=False, sets={"epochs": 2, "grid_limit": None})
     base.update(kw)
     return RunOptions(**base)
@@ -149,7 +149,8 @@ def test_config_layering_order():
         (2, 0.0, 1, 4096)
     assert resolve(lgcn, "tiktok", {"reg_weight": 0.5})["reg_weight"] == 0.5  # --set wins
     quick = resolve(lgcn, "tiktok", {"epochs": 2}, quick=True)
-    assert quick["epochs"] == 2 and quick["stopping_step"] == 2 and quick["grid_limit"] == 1
+    assert quick["epochs"] == 2 and quick["stopping_step"] == 10 and quick["grid_limit"] == 1  # --set wins over quick
+    assert quick["train_batch_size"] == 256 and quick["eval_step"] == 1  # quick wins over dataset and model
     grid = expand_grid(resolve(get("MFBPR"), "tiktok"))
     assert sorted(s["reg_weight"] for s in grid) == [0.001, 0.01, 0.1, 1.0, 2.0]
     assert all(s["topk"] == [5, 10, 20, 50] for s in grid)  # list_keys are values, not grids
@@ -166,7 +167,7 @@ def test_killed_grid_resumes_with_every_job_exactly_once(tmp_path):
     """Kill the runner while jobs are running, rerun it: every job ends up in the store exactly once."""
     cmd = [sys.executable, "run_all.py", "--protocol", "missing", "--datasets", "synthetic:tiktok",
            "--models", "MFBPR", "--seeds", "1,2,3,4", "--quick", "--scale", "0.03", "--set", "epochs=6",
-           "--set", "max_train_seconds=null", "--set", "grid_limit=null", "--data-root", str(tmp_path / "nodata"), "--results-dir",
+           "--set", "grid_limit=null", "--data-root", str(tmp_path), "--results-dir",
            str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--jobs", "1"]
     results = tmp_path / "res" / "results.jsonl"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -187,7 +188,7 @@ def test_killed_grid_resumes_with_every_job_exactly_once(tmp_path):
 
 
 def test_missing_family_protocols_share_training_jobs(tmp_path):
-    base = dict(datasets=["synthetic:tiktok"], models=["MFBPR"], seeds=[1], data_root=str(tmp_path / "none"),
+    base = dict(datasets=["synthetic:tiktok"], models=["MFBPR"], seeds=[1], data_root=str(tmp_path),
                 quick=True, scale=0.03, results_dir=str(tmp_path / "r"), cache_dir=None, jobs=0, progress=False)
     missing = {j["job_id"] for j in plan(RunOptions(protocols=["missing"], **base)).jobs}
     level = {j["job_id"] for j in plan(RunOptions(protocols=["missing_level"], **base)).jobs}
@@ -255,7 +256,7 @@ def test_sigterm_stops_the_workers_and_the_grid_resumes(tmp_path):
     processes do not outlive it, and a rerun completes the grid with every job once."""
     cmd = [sys.executable, "run_all.py", "--protocol", "missing", "--datasets", "synthetic:tiktok",
            "--models", "MFBPR", "--seeds", "1,2,3,4", "--quick", "--scale", "0.03", "--set", "epochs=6",
-           "--set", "max_train_seconds=null", "--set", "grid_limit=null", "--data-root", str(tmp_path / "nodata"),
+           "--set", "grid_limit=null", "--data-root", str(tmp_path),
            "--results-dir", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
            "--jobs", "1"]
     results = tmp_path / "res" / "results.jsonl"

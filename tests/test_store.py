@@ -52,7 +52,7 @@ def test_killed_worker_is_retried_and_grid_completes(tmp_path):
     """SIGKILL the worker process (not the runner) mid-job: the job is retried, nothing is lost."""
     cmd = [sys.executable, "run_all.py", "--protocol", "missing", "--datasets", "synthetic:tiktok",
            "--models", "LightGCN", "--seeds", "1,2,3", "--quick", "--scale", "0.03", "--set", "epochs=60",
-           "--set", "stopping_step=100", "--set", "max_train_seconds=null", "--data-root", str(tmp_path / "none"),
+           "--set", "stopping_step=100", "--data-root", str(tmp_path),
            "--results-dir", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
            "--jobs", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
