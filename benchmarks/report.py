@@ -190,6 +190,13 @@ def _aggregate(df: pd.DataFrame, keys: list[str], value: str = "value") -> pd.Da
 
 
 # ----------------------------------------------------------------------------- captions
+def data_label(records: list[dict], dataset: str | None = None) -> str:
+    """What a figure's data is, for its title: "SYNTHETIC replica", "reference data (surrogate
+    features)", "real data", or several of them joined."""
+    sources = sorted({r.get("data_source", "?") for r in records if dataset is None or r["dataset"] == dataset})
+    return " + ".join(SOURCE_TEXT.get(x, f"{x} data") for x in sources)
+
+
 def data_caption(records: list[dict]) -> str:
     """Which data (per dataset), seeds, defect setting and the selection rule."""
     if not records:
@@ -226,7 +233,22 @@ def data_caption(records: list[dict]) -> str:
     if epochs:
         sched = f" Schedule: at most {epochs[0]} epochs" if len(epochs) == 1 else \
             f" Schedule: at most {epochs[0]}–{epochs[-1]} epochs"
-        sched += " (early stopping on validation)."
+        sched += " (early stopping on validation)"
+        patience = sorted({(int(r["config"]["eval_step"]), int(r["config"]["stopping_step"])) for r in records
+                           if _finite((r.get("config") or {}).get("eval_step"))
+                           and _finite((r.get("config") or {}).get("stopping_step"))})
+        if len(patience) == 1:
+            step, stop = patience[0]
+            sched += (f", evaluated every {'epoch' if step == 1 else f'{step} epochs'}, stopping after more than "
+                      f"{stop} evaluations without improvement")
+        reasons = [r.get("stop_reason") for r in records if r.get("stop_reason") in ("early_stopping", "epoch_budget")]
+        if reasons:
+            budget = reasons.count("epoch_budget")
+            sched += (f"; {reasons.count('early_stopping')} of {len(reasons)} trained runs stopped early"
+                      + (f", {budget} reached the epoch budget" if budget else ""))
+        if any((r.get("config") or {}).get("grid_limit") for r in records):
+            sched += "; first setting of each grid only"
+        sched += "."
     text = (f"Data: {'; '.join(parts)}. Seeds: {', '.join(map(str, seeds))} ({n_txt}). "
             f"{fixed_txt[0].upper() + fixed_txt[1:]}. Grid settings chosen by validation {'/'.join(vmetrics)}; "
             f"test metrics at the best validation epoch.{sched}")
@@ -255,9 +277,10 @@ class Cell:
     text: str
     style: str = ""  # "best" | "second" | ""
     mark: str = ""  # significance: "**", "*", "n.s." or ""
+    below_floor: bool = False  # below the non-personalised floor (ItemPop) of its column: marked †
 
     def md(self) -> str:
-        t = self.text
+        t = self.text + ("†" if self.below_floor else "")
         if self.style == "best":
             t = f"**{t}**"
         elif self.style == "second":
@@ -267,7 +290,7 @@ class Cell:
         return t
 
     def tex(self) -> str:
-        t = _tex_escape(self.text)
+        t = _tex_escape(self.text) + ("$^\\dagger$" if self.below_floor else "")
         if self.style == "best":
             t = f"\\textbf{{{t}}}"
         elif self.style == "second":
@@ -348,7 +371,7 @@ class Grid:
         env = "table*" if wide else "table"
         lines = ["% requires \\usepackage{booktabs}" + ("" if not wide else " and \\usepackage{graphicx}"),
                  f"\\begin{{{env}}}[t]", "\\centering",
-                 f"\\caption{{\\textbf{{{_tex_escape(self.title)}.}} {_tex_escape(self.caption)}}}"]
+                 f"\\caption{{\\textbf{{{_tex_escape(latex_title(self.title))}.}} {_tex_escape(self.caption)}}}"]
         if self.label:
             lines.append(f"\\label{{{self.label}}}")
         if wide:
@@ -379,6 +402,17 @@ class Grid:
         lines.append("\\end{tabular}" + ("}" if wide else ""))
         lines.append(f"\\end{{{env}}}")
         return "\n".join(lines) + "\n"
+
+
+def latex_title(title: str) -> str:
+    """The title without its own "Table N": LaTeX's caption numbers the table itself (no
+    "Table 1: Table 2 (...)"). "Table 2 (missing modalities + new items), mean ± std" becomes
+    "Missing modalities + new items, mean ± std"."""
+    m = re.match(r"^Table \d+\s*\((.*?)\)(.*)$", title)
+    if not m:
+        return title
+    text = m.group(1) + m.group(2)
+    return text[:1].upper() + text[1:]
 
 
 def _tex_escape(text: str) -> str:
@@ -516,8 +550,11 @@ def main_table(records: list[dict], protocol: str, store: ResultStore | None = N
     return table
 
 
+FLOOR_GROUP = "non-personalised"  # ItemPop: the sanity floor, shown in every table but no baseline to beat
+
+
 def _is_baseline(model: str, group: str) -> bool:
-    return model != PROPOSED_MODEL and group != "proposed"
+    return model != PROPOSED_MODEL and group not in ("proposed", FLOOR_GROUP)
 
 
 def _improvement(table: MainTable, store: ResultStore | None) -> pd.DataFrame:
@@ -566,6 +603,9 @@ def _main_grids(t: MainTable, with_std: bool) -> Grid:
         spans.append((ds, len(t.metrics)))
         headers += [short_metric(m) for m in t.metrics]
     styles = {(ds, m): t.styles(ds, m) for ds in t.datasets for m in t.metrics}
+    floor_models = [model for model, group in t.models if group == FLOOR_GROUP]
+    floors = {(ds, m): max((t.cell(f, ds, m)[0] for f in floor_models if t.cell(f, ds, m)[2]), default=None)
+              for ds in t.datasets for m in t.metrics}
     rows, sections, prev = [], {}, None
     md_group_col = []
     for model, group in t.models:
@@ -582,8 +622,10 @@ def _main_grids(t: MainTable, with_std: bool) -> Grid:
                 if n == 0:
                     cells.append(Cell("–"))
                 else:
+                    floor = floors[(ds, m)]
                     cells.append(Cell(_num(mean, std if with_std else None),
-                                      "" if with_std else styles[(ds, m)].get(model, "")))
+                                      "" if with_std else styles[(ds, m)].get(model, ""),
+                                      below_floor=group != FLOOR_GROUP and floor is not None and mean < floor))
         rows.append(cells)
     rules = set()
     if not t.improv.empty and not with_std:
@@ -608,6 +650,10 @@ def _main_caption(t: MainTable, with_std: bool) -> str:
     what = ("Test metrics at the best validation epoch, mean ± sample std (ddof=1) over seeds." if with_std else
             "Test metrics at the best validation epoch, mean over seeds; best in bold, second underlined per column.")
     parts = [what, _ratio_caption(t.ratios, t.records), data_caption(t.records)]
+    floor_models = [m for m, g in t.models if g == FLOOR_GROUP]
+    if floor_models:
+        parts.append(f"† below {', '.join(floor_models)} (most popular items in training, the non-personalised "
+                     f"floor; not a baseline of Improv.).")
     if not with_std and not t.improv.empty:
         parts.append("Improv.: (DGMRec − strongest baseline) / strongest baseline, per column; significance of a "
                      "two-sided paired t-test on per-user vectors averaged over seeds, DGMRec vs the baseline with "
@@ -1041,7 +1087,8 @@ def write_report(records: list[dict], results_dir: str | Path, protocols=None, s
         if fig_lib is not None:
             for jp, part in cost.groupby("protocol", sort=False):
                 if part["train_seconds"].notna().any() and part["recall@20"].notna().any():
-                    files = fig_lib.cost_scatter(part, f"Test R@20 vs training time ({jp} protocol)",
+                    files = fig_lib.cost_scatter(part, f"Test R@20 vs training time ({jp} protocol; "
+                                                       f"{data_label(cost_recs)})",
                                                  out / f"cost_{_slug(jp)}")
                     written.extend(files)
                     index.append(_figure_links(files))
@@ -1126,8 +1173,10 @@ def _report_main(records, protocol, out, store, written, notes) -> list[str]:
     _write_grids([_main_grids(t, with_std=False)], out / protocol, written)
     _write_csv(_main_csv(t), out / f"{protocol}.csv", written)
     _write_grids([_main_grids(t, with_std=True)], out / f"{protocol}_std", written)
+    _write_csv(t.stats[["model", "group", "dataset", "metric", "mean", "std", "n", "seeds"]],
+               out / f"{protocol}_std.csv", written)
     lines = [_links(out, protocol, ("md", "tex", "csv"), "table (mean over seeds, bold/underline, Improv.)"),
-             _links(out, f"{protocol}_std", ("md", "tex"), "mean ± std over seeds")]
+             _links(out, f"{protocol}_std", ("md", "tex", "csv"), "mean ± std over seeds")]
     if not t.improv.empty:
         _write_csv(t.improv, out / f"{protocol}_improv.csv", written)
         lines.append(_links(out, f"{protocol}_improv", ("csv",), "improvement and significance per column"))
@@ -1170,7 +1219,8 @@ def _report_level(records, out, written, fig_lib) -> list[str]:
             cnt = counts.get(ds, {})
             labels = {int(lv): level_label(int(lv)) + (f" ({cnt[int(lv)][1]})" if cnt.get(int(lv)) else "")
                       for lv in part["level"].unique()}
-            files = fig_lib.level_bars(part, labels, f"{ds}: test metrics by missing level of the test item "
+            files = fig_lib.level_bars(part, labels, f"{ds} ({data_label(recs, ds)}): test metrics by missing level "
+                                                     f"of the test item "
                                                      f"(ratio {ratios[ds]:g}, mean over seeds)",
                                        out / f"missing_level_{_slug(ds)}")
             written.extend(files)
@@ -1200,7 +1250,7 @@ def _report_ratio(records, out, written, fig_lib) -> list[str]:
                 lines.append(f"- No ratio figure for {ds}: only one ratio was run.")
                 continue
             files = fig_lib.ratio_lines(v, drops[drops["dataset"] == ds],
-                                        f"{ds}: accuracy vs missing ratio (mean over seeds)",
+                                        f"{ds} ({data_label(recs, ds)}): accuracy vs missing ratio (mean over seeds)",
                                         out / f"missing_ratio_{_slug(ds)}")
             written.extend(files)
             lines.append(_figure_links(files))

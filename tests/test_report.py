@@ -363,3 +363,62 @@ def test_model_colours_are_fixed():
     assert figures.model_color("VBPR") != figures.model_color("MGCN")
     assert figures.model_color("SomeNewModel") == figures.model_color("SomeNewModel")
     assert figures.group_marker("proposed") == "*"
+
+
+# ----------------------------------------------------------------------------- the floor, titles, captions
+def _floor_records():
+    recs = []
+    for model, group, r20, reason in (("ItemPop", "non-personalised", 0.10, "not_trained"),
+                                      ("LightGCN", "collaborative", 0.30, "early_stopping"),
+                                      ("VBPR", "multi-modal", 0.08, "epoch_budget"),
+                                      ("DGMRec", "proposed", 0.25, "early_stopping")):
+        rec = _record("LightGCN", "synthetic:sports", 0.666, 999, {m: r20 * f for m, f in METRIC_SCALE.items()},
+                      suffix=model)
+        rec.update(model=model, group=group, grid_group=f"g-{model}", stop_reason=reason,
+                   config={"fix_reference_defects": False, "valid_metric": "recall@20", "epochs": 500,
+                           "eval_step": 1, "stopping_step": 10, "grid_limit": 1})
+        recs.append(rec)
+    return recs
+
+
+def test_models_below_itempop_are_marked_and_itempop_is_no_baseline(tmp_path):
+    write_report(_floor_records(), tmp_path, ["missing"], figures=False)
+    md = (tmp_path / "missing.md").read_text()
+    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("|") and "---" not in line}
+    assert "0.0800†" in rows["VBPR"] and "†" not in rows["LightGCN"] and "†" not in rows["ItemPop"]
+    assert "† below ItemPop" in md
+    # Improv. compares DGMRec with the strongest baseline (LightGCN), never with the floor
+    assert "Strongest baselines: synthetic:sports LightGCN" in md
+    assert "0.0800$^\\dagger$" in (tmp_path / "missing.tex").read_text()
+
+
+def test_caption_states_the_schedule_and_how_runs_stopped(tmp_path):
+    write_report(_floor_records(), tmp_path, ["missing"], figures=False)
+    md = (tmp_path / "missing.md").read_text()
+    assert ("Schedule: at most 500 epochs (early stopping on validation), evaluated every epoch, stopping after more "
+            "than 10 evaluations without improvement; 2 of 3 trained runs stopped early, 1 reached the epoch budget; "
+            "first setting of each grid only.") in md
+
+
+def test_latex_caption_does_not_repeat_the_table_number(tmp_path):
+    from benchmarks.report import latex_title
+    assert latex_title("Table 2 (missing modalities + new items), mean ± std over seeds") == \
+        "Missing modalities + new items, mean ± std over seeds"
+    assert latex_title("Cost") == "Cost"
+    write_report(_floor_records(), tmp_path, ["missing"], figures=False)
+    tex = (tmp_path / "missing.tex").read_text()
+    assert "\\caption{\\textbf{Missing modalities.}" in tex and "Table 1" not in tex
+
+
+def test_std_csv_is_written(tmp_path):
+    files = write_report(_floor_records(), tmp_path, ["missing"], figures=False)
+    assert tmp_path / "missing_std.csv" in files
+    head = (tmp_path / "missing_std.csv").read_text().splitlines()[0]
+    assert head == "model,group,dataset,metric,mean,std,n,seeds"
+
+
+def test_figure_titles_name_the_data(tmp_path, monkeypatch):
+    titles = []
+    monkeypatch.setattr(figures, "cost_scatter", lambda part, title, stem, **k: titles.append(title) or [])
+    write_report(_floor_records(), tmp_path, ["missing"])
+    assert titles and all("SYNTHETIC replica" in t for t in titles)
