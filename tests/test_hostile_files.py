@@ -5,6 +5,7 @@ if anything unpickled it the unsafe way (``test_payloads_are_live`` shows that i
 loader must refuse it with an error naming the file, and the sentinel must never appear.
 """
 import io
+import json
 import pickle
 import shutil
 import subprocess
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hostile import as_npy, hand_written, mask_pickles, payloads
 
+from benchmarks.cache import ArtifactCache, load_entry, save_entry
 from data_prep import download as dl
 from data_prep.dataset import load_folder, read_mask
 from data_prep.errors import DataError
@@ -158,3 +161,70 @@ def test_official_and_reference_masks_load_bit_identically():
         checked = read_mask(path, 6710, 3)
         trusted = np.load(path, allow_pickle=True).item()
         assert all(np.array_equal(checked[k], trusted[k]) for k in trusted)
+
+
+# --------------------------------------------------------------------------- the artefact cache
+
+def _graph() -> sp.csr_matrix:
+    return sp.csr_matrix(np.array([[0, 1.5, 0], [1.5, 0, 2.0], [0, 2.0, 0]], np.float32))
+
+
+def _hostile_entry(case: str, path: Path, sentinel: Path) -> None:
+    objs = payloads(sentinel)
+    if case.startswith("pickle:"):  # what torch.save / pickle.dump wrote before
+        path.write_bytes(pickle.dumps({"graph": objs[case.split(":")[1]]}))
+    elif case.startswith("object member:"):
+        np.savez(path, __layout__=np.frombuffer(b'{"type": "array", "array": "a0"}', np.uint8),
+                 a0=np.array([objs[case.split(":")[1]]], dtype=object))
+    elif case == "bad csr":  # plain arrays, but indices outside the matrix
+        np.savez(path, __layout__=np.frombuffer(json.dumps({"type": "csr", "shape": [3, 3], "data": "a0",
+                                                            "indices": "a1", "indptr": "a2"}).encode(), np.uint8),
+                 a0=np.ones(2, np.float32), a1=np.array([0, 99], np.int32), a2=np.array([0, 1, 2, 2], np.int32))
+    elif case == "missing array":
+        np.savez(path, __layout__=np.frombuffer(b'{"type": "array", "array": "a7"}', np.uint8))
+    elif case == "compressed":
+        np.savez_compressed(path, __layout__=np.frombuffer(b'{"type": "array", "array": "a0"}', np.uint8),
+                            a0=np.zeros(10 ** 6))
+    elif case == "truncated":
+        save_entry(_graph(), path)
+        path.write_bytes(path.read_bytes()[:100])
+
+
+CACHE_CASES = [*(f"pickle:{n}" for n in payloads(Path("x"))), *(f"object member:{n}" for n in payloads(Path("x"))),
+               "bad csr", "missing array", "compressed", "truncated"]
+
+
+@pytest.mark.parametrize("case", CACHE_CASES)
+def test_hostile_cache_entry_is_rebuilt_not_trusted(tmp_path, sentinel, capsys, case):
+    root = tmp_path / "cache"
+    root.mkdir()
+    cache = ArtifactCache(root)
+    path = root / f"{cache.key('g', {'k': 1})}.npz"
+    _hostile_entry(case, path, sentinel)
+    built = []
+    value = cache.get_or_build("g", {"k": 1}, lambda: built.append(1) or _graph())
+    assert built == [1] and (value != _graph()).nnz == 0
+    err = capsys.readouterr().err
+    assert f"warning: artefact cache: {path} cannot be loaded" in err and "rebuilding" in err
+    # overwritten by a good entry: a fresh cache reads it back without building
+    again = ArtifactCache(root)
+    back = again.get_or_build("g", {"k": 1}, lambda: pytest.fail("a good entry was rebuilt"))
+    assert isinstance(back, sp.csr_matrix) and (back != _graph()).nnz == 0 and again.hits == 1
+
+
+def test_cache_entries_round_trip_what_the_cache_holds(tmp_path):
+    value = {"masks": {"t": np.array([3, 1], np.int64), "all": np.zeros(0, np.int64)},
+             "graphs": [_graph(), sp.csr_matrix((2, 5), dtype=np.float32)],
+             "edges": (np.array([[0, 1], [2, 3]], np.int64),)}
+    save_entry(value, tmp_path / "e.npz")
+    back = load_entry(tmp_path / "e.npz")
+    assert list(back) == ["masks", "graphs", "edges"] and list(back["masks"]) == ["t", "all"]
+    for k, ids in value["masks"].items():
+        assert back["masks"][k].dtype == ids.dtype and np.array_equal(back["masks"][k], ids)
+    for g, h in zip(value["graphs"], back["graphs"]):
+        assert type(h) is sp.csr_matrix and h.dtype == g.dtype and h.shape == g.shape and (g != h).nnz == 0
+    assert isinstance(back["edges"], tuple) and np.array_equal(back["edges"][0], value["edges"][0])
+    with pytest.raises(TypeError, match="object arrays"):
+        save_entry(np.array([{"a": 1}], dtype=object), tmp_path / "o.npz")
+    with pytest.raises(TypeError, match="not set"):
+        save_entry({1, 2}, tmp_path / "s.npz")
