@@ -7,17 +7,23 @@ loader must refuse it with an error naming the file, and the sentinel must never
 import io
 import json
 import pickle
+import shlex
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import yaml
 from hostile import as_npy, hand_written, mask_pickles, payloads
 
 from benchmarks.cache import ArtifactCache, load_entry, save_entry
+from benchmarks.config import ConfigError, parse_sets
+from benchmarks.ray_backend import RayBackend
+from benchmarks.store import ResultStore
 from data_prep import download as dl
 from data_prep.dataset import load_folder, read_mask
 from data_prep.errors import DataError
@@ -228,3 +234,62 @@ def test_cache_entries_round_trip_what_the_cache_holds(tmp_path):
         save_entry(np.array([{"a": 1}], dtype=object), tmp_path / "o.npz")
     with pytest.raises(TypeError, match="not set"):
         save_entry({1, 2}, tmp_path / "s.npz")
+
+
+# --------------------------------------------------------------------------- results store and Ray
+
+def test_hostile_per_user_file_is_refused(tmp_path, sentinel):
+    store = ResultStore(tmp_path)
+    store.per_user_dir.mkdir()
+    path = store.per_user_dir / "abc123.npz"
+    np.savez(path, users=np.arange(3), recall_at_20=np.array([payloads(sentinel)["builtins.eval"]], dtype=object))
+    with pytest.raises(DataError) as exc:
+        store.load_per_user("abc123")
+    assert str(path) in str(exc.value) and "plain arrays" in str(exc.value)
+
+
+def test_job_ids_are_names_not_paths(tmp_path):
+    store = ResultStore(tmp_path / "res")
+    np.savez(tmp_path / "elsewhere.npz", users=np.arange(3))
+    for bad in ("../elsewhere", "/tmp/x", "a/b", "", "a\x00b", 7):
+        with pytest.raises(DataError, match="not a plain name"):
+            store.load_per_user(bad)
+        with pytest.raises(DataError, match="not a plain name"):
+            store.save_per_user(bad, np.arange(3), {})
+    assert not (tmp_path / "res").exists()
+
+
+def test_ray_driver_chooses_where_per_user_files_go(tmp_path):
+    """A record coming back from a node names a path; the driver writes under its own job id."""
+    spec = {"job_id": "0123abcd", "results_dir": str(tmp_path / "res")}
+    rec = {"job_id": "0123abcd", "status": "ok", "per_user_file": "../../outside.npz"}
+    fake_ray = types.SimpleNamespace(exceptions=None, get=lambda ref: (dict(rec), b"per-user bytes"))
+    got = RayBackend()._collect(fake_ray, None, spec)
+    assert got["per_user_file"] == "per_user/0123abcd.npz"
+    assert (tmp_path / "res" / "per_user" / "0123abcd.npz").read_bytes() == b"per-user bytes"
+    assert not (tmp_path / "outside.npz").exists() and not (tmp_path.parent / "outside.npz").exists()
+
+
+# --------------------------------------------------------------------------- YAML
+
+def _yaml_payload(sentinel: Path) -> str:
+    return f"!!python/object/apply:os.system [{json.dumps('touch ' + shlex.quote(str(sentinel)))}]"
+
+
+def test_yaml_payload_is_live(tmp_path):
+    target = tmp_path / "PWNED"
+    yaml.unsafe_load(_yaml_payload(target))
+    assert target.exists()
+
+
+def test_yaml_payloads_are_refused(tmp_path, sentinel, monkeypatch):
+    with pytest.raises(ConfigError, match="--set epochs"):
+        parse_sets([f"epochs={_yaml_payload(sentinel)}"])
+    d = toy_folder(tmp_path / "data")
+    (d / "SOURCE").write_text(f"kind: {_yaml_payload(sentinel)}\n")
+    assert dl.read_source(d) == {}  # an unreadable SOURCE gives no label
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(f"sources: {_yaml_payload(sentinel)}\ndatasets: {{}}\n")
+    with pytest.raises(DataError, match="cannot read the manifest") as exc:
+        dl.load_manifest(manifest)
+    assert str(manifest) in str(exc.value)
