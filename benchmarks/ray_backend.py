@@ -8,7 +8,8 @@ record to *its own* results store as it arrives, exactly as the local backend do
 failure records and tables are unchanged. A task calls ``run_job(spec)`` on whichever node
 Ray places it and returns the record together with the job's per-user metric file, which the
 driver writes to ``<results-dir>/per_user/``: results land on the driver's machine whatever
-node ran the job.
+node ran the job. (Ray moves tasks and results with pickle: the cluster's nodes are trusted
+like this machine; the driver still chooses the per-user file's name itself.)
 
 Resources per job come from configuration keys (``benchmarks/configs/overall.yaml``; set them
 with ``--set``): ``resources_cpus`` (Ray ``num_cpus``, also the job's torch threads),
@@ -37,6 +38,7 @@ import tempfile
 from pathlib import Path
 
 from .runner import MAX_WORKER_CRASHES, _crash_record
+from .store import ResultStore
 
 REQUIREMENTS_FILE = "requirements-ray.txt"
 MAX_RETRIES = MAX_WORKER_CRASHES - 1  # as the local backend: a job may break its worker once
@@ -233,7 +235,11 @@ class RayBackend:
             raise RayBackendError(f"the Ray cluster failed ({type(exc).__name__}: {_first_line(exc)}); finished "
                                   f"jobs are in the store, rerun the same command to resume") from exc
         if per_user is not None and rec.get("per_user_file"):
-            _write_atomic(Path(spec["results_dir"]) / rec["per_user_file"], per_user)
+            # the driver names the file from the job id it planned: a record never picks the path
+            store = ResultStore(spec["results_dir"])
+            path = store.per_user_path(spec["job_id"])
+            _write_atomic(path, per_user)
+            rec["per_user_file"] = str(path.relative_to(store.dir))
         return rec
 
 

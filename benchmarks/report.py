@@ -38,6 +38,7 @@ import pandas as pd
 from scipy import stats as sps
 from tabulate import tabulate
 
+from data_prep.errors import DataError
 from models.registry import GROUPS, PAPER_ORDER
 
 from .store import ResultStore
@@ -585,7 +586,7 @@ def _improvement(table: MainTable, store: ResultStore | None) -> pd.DataFrame:
                     row["note"] = f"significance not computed: {exc}"
                     row["mark"] = "n/a"
                     notes.setdefault("mismatch " + str(exc), f"Significance not computed ({ds}): {exc}.")
-                except (FileNotFoundError, KeyError, OSError) as exc:
+                except (FileNotFoundError, KeyError, OSError, DataError) as exc:  # DataError: a foreign file
                     row["note"] = f"significance not computed: per-user vectors unavailable ({exc})"
                     notes.setdefault("unavailable", f"Significance not computed where per-user vectors are "
                                                     f"unavailable (e.g. {exc}).")

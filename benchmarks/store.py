@@ -4,20 +4,26 @@ Appends are atomic with respect to other writers (an exclusive ``flock`` around 
 ``write`` of a whole line, then ``fsync``), so parallel workers never interleave records and
 a killed writer leaves at most one incomplete last line. Readers skip such a line (and say
 so) instead of failing; the next append starts on a fresh line. Per-user test metric vectors
-go to ``<results-dir>/per_user/<job_id>.npz``.
+go to ``<results-dir>/per_user/<job_id>.npz``: plain numeric arrays, read back with
+``allow_pickle=False``, so a results folder from another machine can be reported on without
+running anything from it; job ids are plain names, never paths.
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.errors import DataError
+
 RESULTS_FILE = "results.jsonl"
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]+$")  # no "/": the file stays in per_user/
 
 
 class ResultStore:
@@ -70,9 +76,15 @@ class ResultStore:
                 done.add(rec["job_id"])
         return done
 
+    def per_user_path(self, job_id: str) -> Path:
+        """``per_user/<job_id>.npz``; a job id that is not a plain name (``../x``) is refused."""
+        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+            raise DataError(self.path, f"job id {job_id!r:.80} is not a plain name (letters, digits, '.', '_' and '-')")
+        return self.per_user_dir / f"{job_id}.npz"
+
     def save_per_user(self, job_id: str, users: np.ndarray, vectors: dict[str, np.ndarray]) -> str:
+        path = self.per_user_path(job_id)
         self.per_user_dir.mkdir(parents=True, exist_ok=True)
-        path = self.per_user_dir / f"{job_id}.npz"
         fd, tmp = tempfile.mkstemp(dir=self.per_user_dir, suffix=".npz.tmp")
         os.close(fd)
         try:
@@ -85,8 +97,16 @@ class ResultStore:
         return str(path.relative_to(self.dir))
 
     def load_per_user(self, job_id: str) -> dict[str, np.ndarray]:
-        with np.load(self.per_user_dir / f"{job_id}.npz") as z:
-            return {k.replace("_at_", "@"): z[k] for k in z.files}
+        path = self.per_user_path(job_id)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if not hasattr(z, "files"):
+                    raise ValueError("not an .npz archive")
+                return {k.replace("_at_", "@"): z[k] for k in z.files}  # object arrays raise ValueError
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - object arrays (ValueError), BadZipFile, unsupported zip features
+            raise DataError(path, f"not a per-user metric file of plain arrays: {exc}") from None
 
 
 def _json_default(obj):

@@ -7,7 +7,9 @@ A dataset folder ``<root>/<name>/`` holds
 * optionally ``<name>_del.inter``: the new-item split (training rows of new items removed);
 * optionally ``new_items.npy``: the ids of the new items;
 * optionally ``missing_items_<ratio>.npy``: a pickled dict from a missing-modality group
-  (``t``, ``v``, ``all``; with audio also ``a``, ``tv``, ``ta``, ``va``) to item ids;
+  (``t``, ``v``, ``all``; with audio also ``a``, ``tv``, ``ta``, ``va``) to item ids, read
+  without running any code (``data_prep.mask_files``), or ``missing_items_<ratio>.npz``, the
+  same groups as plain integer arrays;
 * feature files ``image_feat.npy``, ``text_feat.npy`` and optionally ``audio_feat.npy``,
   whose row i is item i. The modalities of a dataset are the feature files present.
 
@@ -17,8 +19,6 @@ Nothing here applies a protocol: masking, imputation and splits for training liv
 from __future__ import annotations
 
 import hashlib
-import pickle
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .mask_files import MASK_FILE_RE, read_mask_groups
 
 # Modality code -> feature file. The order is the canonical modality order everywhere.
 MODALITY_FILES = {"v": "image_feat.npy", "t": "text_feat.npy", "a": "audio_feat.npy"}
@@ -36,7 +37,6 @@ MASK_KEYS = {
     3: ("t", "v", "a", "tv", "ta", "va", "all"),
 }
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
-MASK_FILE_RE = re.compile(r"^missing_items_(.+)\.npy$")
 
 
 @dataclass
@@ -70,7 +70,9 @@ class Dataset:
     new_items: np.ndarray | None = None
     features: dict[str, np.ndarray] = field(default_factory=dict)
     masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # ratio -> groups
-    fingerprint: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    # input -> sha256: a file's bytes, or for masks (``missing_items_<ratio>``) their content
+    # (mask_digest), so that the .npy and the .npz of the same masks are the same data
+    fingerprint: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
     @property
@@ -119,6 +121,18 @@ def sha256_arrays(*arrays: np.ndarray) -> str:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape};".encode())
         h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def mask_digest(groups: dict) -> str:
+    """Content hash of mask groups, whatever file format held them: the non-empty groups by
+    name, each as little-endian int64 ids in file order."""
+    h = hashlib.sha256()
+    for key in sorted(groups):
+        ids = np.asarray(groups[key])
+        if ids.size:
+            h.update(f"{key}:{ids.size};".encode())
+            h.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
     return h.hexdigest()
 
 
@@ -196,25 +210,8 @@ def read_features(path: str | Path, n_items: int | None = None) -> np.ndarray:
 
 
 def read_mask(path: str | Path, n_items: int, n_modalities: int) -> dict[str, np.ndarray]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    try:
-        obj = np.load(path, allow_pickle=True)
-        if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
-            obj = obj.item()
-    except (ValueError, OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError) as exc:
-        raise DataError(path, f"cannot be read as a pickled dict of item ids: {exc}") from None
-    if not isinstance(obj, dict):
-        raise DataError(path, f"expected a pickled dict from missing-modality group to item ids, got {type(obj).__name__}")
-    groups = {}
-    for key, ids in obj.items():
-        try:
-            arr = np.asarray(ids)
-        except Exception as exc:  # noqa: BLE001 - anything unconvertible is a bad file
-            raise DataError(path, f"group {key!r} is not an array of item ids: {exc}") from None
-        groups[key] = arr
-    return check_mask(groups, n_items, n_modalities, path)
+    """A mask file (official pickled ``.npy`` or plain ``.npz``), checked against the dataset."""
+    return check_mask(read_mask_groups(path, n_items), n_items, n_modalities, path)
 
 
 def read_item_ids(path: str | Path, n_items: int) -> np.ndarray:
@@ -309,11 +306,11 @@ def _check_id_scale(inter: Interactions) -> None:
 
 # --------------------------------------------------------------------------- folder loader
 
-def _modalities_in_mask_file(path: Path) -> int:
+def _modalities_in_mask_file(path: Path, n_items: int) -> int:
     """Number of modalities a mask file speaks of, for folders without feature files."""
     try:
-        keys = set(np.load(path, allow_pickle=True).item())
-    except Exception:  # noqa: BLE001 - read_mask reports the real problem
+        keys = set(read_mask_groups(path, n_items))
+    except DataError:  # read_mask reports it
         return 2
     return 3 if keys & {"a", "tv", "ta", "va"} else 2
 
@@ -327,8 +324,12 @@ def dataset_files(folder: Path, name: str) -> dict[str, Path]:
     for m, fname in MODALITY_FILES.items():
         if (folder / fname).is_file():
             files[f"feat_{m}"] = folder / fname
-    for p in sorted(folder.glob("missing_items_*.npy")):
-        files[f"mask_{MASK_FILE_RE.match(p.name).group(1)}"] = p
+    for p in sorted(folder.glob("missing_items_*.np[yz]")):
+        role = f"mask_{MASK_FILE_RE.match(p.name).group(1)}"
+        if role in files:
+            raise DataError(p, f"two mask files for one ratio ({files[role].name} and {p.name}, the pickled and the "
+                               f"plain format): keep one")
+        files[role] = p
     return files
 
 
@@ -361,12 +362,14 @@ def load_folder(root: str | Path, name: str, source: str = "real", kind: str | N
     masks = {}
     for role, path in files.items():
         if role.startswith("mask_"):
-            masks[role[5:]] = read_mask(path, n_items, len(features) or _modalities_in_mask_file(path))
+            masks[role[5:]] = read_mask(path, n_items, len(features) or _modalities_in_mask_file(path, n_items))
     new_items = read_item_ids(files["new_items"], n_items) if "new_items" in files else None
+    fingerprint = {p.name: sha256_file(p) for role, p in files.items() if not role.startswith("mask_")}
+    fingerprint.update({f"missing_items_{ratio}": mask_digest(groups) for ratio, groups in masks.items()})
     ds = Dataset(
         name=name, kind=kind or name, source=source, n_users=n_users, n_items=n_items,
         inter=inter, del_inter=del_inter, new_items=new_items, features=features, masks=masks,
-        fingerprint={p.name: sha256_file(p) for p in files.values()},
+        fingerprint=fingerprint,
         description=f"{source} data from {folder}",
     )
     return ds.validate()

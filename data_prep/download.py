@@ -13,7 +13,9 @@ DGMRec release commit). Three entry points, also reachable as ``python -m data_p
   fails within a few seconds (:class:`OfflineError`) and says which files to place where.
 * :func:`import_dir` copies (or symlinks) dataset folders that are already on disk, after
   validating them with :func:`~data_prep.dataset.load_folder` and checking every hash the
-  manifest knows.
+  manifest knows. Pickled masks (``missing_items_<ratio>.npy``) are not copied but written
+  as ``missing_items_<ratio>.npz`` (plain integer arrays), so an imported folder holds no
+  pickle; the manifest's ``mask_sha256`` (a content hash) still verifies them.
 * :func:`verify` recomputes the hashes of a dataset folder.
 
 Each dataset folder gets a ``CHECKSUMS.sha256`` (``sha256sum -c`` format) and a ``SOURCE``
@@ -43,8 +45,9 @@ from typing import Callable, Iterable
 import numpy as np
 import yaml
 
-from .dataset import MODALITY_FILES, Dataset, dataset_files, load_folder, read_inter, sha256_file
+from .dataset import MODALITY_FILES, Dataset, dataset_files, load_folder, mask_digest, read_inter, sha256_file
 from .errors import DataError
+from .mask_files import MASK_FILE_RE, read_mask_groups, write_mask_npz
 from .shared import reference_root
 
 MANIFEST_PATH = Path(__file__).with_name("manifest.yaml")
@@ -146,6 +149,7 @@ class FileEntry:
     sha256: str | None = None
     size: int | None = None
     git_blob_sha1: str | None = None  # of the file in the commit of a source that has one
+    mask_sha256: str | None = None  # a mask file's content (dataset.mask_digest), whatever its format
     note: str = ""
 
     @property
@@ -225,10 +229,14 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
                 raise DataError(path, f"{where}: sha256 must be 64 lowercase hex digits or null")
             if blob is not None and not _HEX40.match(str(blob)):
                 raise DataError(path, f"{where}: git_blob_sha1 must be 40 lowercase hex digits or null")
+            content = f.get("mask_sha256")
+            if content is not None and not _HEX64.match(str(content)):
+                raise DataError(path, f"{where}: mask_sha256 must be 64 lowercase hex digits or null")
             files[fname] = FileEntry(
                 dataset=dname, name=fname, source=sources[src_names[0]],
                 alternatives=tuple(sources[s] for s in src_names[1:]),
-                sha256=sha, size=f.get("size"), git_blob_sha1=blob, note=str(f.get("note") or ""),
+                sha256=sha, size=f.get("size"), git_blob_sha1=blob, mask_sha256=content,
+                note=str(f.get("note") or ""),
             )
         datasets[dname] = DatasetEntry(dname, str(d.get("title", "")), files, str(d.get("note") or ""))
     return Manifest(sources, datasets, path)
@@ -325,6 +333,8 @@ def check_file(path: str | Path, entry: FileEntry | None, recorded: str | None =
     name = path.name
     if not path.is_file():
         return FileCheck(name, "missing", "not present" + (f"; from {entry.describe()}" if entry else ""))
+    if entry is not None and name != entry.name:
+        return _check_plain_mask(path, entry, recorded)
     want_blob = bool(entry is not None and not entry.sha256 and entry.git_blob_sha1)
     sha, blob = file_hashes(path, git_blob=want_blob)
     if entry is not None and entry.sha256:
@@ -347,6 +357,44 @@ def check_file(path: str | Path, entry: FileEntry | None, recorded: str | None =
                                                     f"{recorded}, got {sha}", sha, recorded, release)
     what = "not in the manifest" if entry is None else "no published hash"
     return FileCheck(name, "unknown", prefix + f"{what}, not recorded; sha256 {sha}", sha, None, release)
+
+
+def _check_plain_mask(path: Path, entry: FileEntry, recorded: str | None) -> FileCheck:
+    """A ``missing_items_<ratio>.npz`` against the manifest entry of the pickled ``.npy``: by content."""
+    sha = file_hashes(path)[0]
+    if not entry.mask_sha256:  # nothing published about the content: only the local record can tell
+        return check_file(path, None, recorded)
+    try:
+        digest = mask_digest(read_mask_groups(path))
+    except DataError as exc:
+        return FileCheck(path.name, "mismatch", f"unreadable: {exc.problem}", sha, entry.mask_sha256, False)
+    if digest == entry.mask_sha256:
+        return FileCheck(path.name, "ok", f"masks match the manifest's {entry.name} (content sha256 {digest[:16]}...)",
+                         sha, entry.mask_sha256, True)
+    return FileCheck(path.name, "mismatch", f"masks differ from the manifest's {entry.name}: content sha256 {digest} "
+                                            f"is not {entry.mask_sha256}", sha, entry.mask_sha256, False)
+
+
+def _plain_name(name: str) -> str:
+    """The name a pickled mask file gets in the plain format (other names are unchanged)."""
+    m = MASK_FILE_RE.match(name)
+    return f"missing_items_{m.group(1)}.npz" if m and m.group(2) == "npy" else name
+
+
+def _manifest_entry(ds: DatasetEntry | None, name: str) -> FileEntry | None:
+    """The manifest entry of a file, a plain .npz mask sharing its pickled .npy's entry."""
+    if ds is None:
+        return None
+    m = MASK_FILE_RE.match(name)
+    if m and m.group(2) == "npz":
+        return ds.files.get(f"missing_items_{m.group(1)}.npy")
+    return ds.files.get(name)
+
+
+def _present_path(folder: Path, name: str) -> Path:
+    """Where a manifest file is in a folder: itself, or a pickled mask's plain .npz import."""
+    path, plain = folder / name, folder / _plain_name(name)
+    return plain if plain != path and not path.exists() and plain.is_file() else path
 
 
 # --------------------------------------------------------------------------- network
@@ -503,11 +551,11 @@ def _download(ds: DatasetEntry, root: Path, folder: Path, allow_unverified: bool
     unavailable: list[FileEntry] = []
     unverified_present: list[tuple[FileEntry, FileCheck]] = []
     for fe in ds.files.values():
-        path = folder / fe.name
-        chk = check_file(path, fe, records.get(fe.name))
+        path = _present_path(folder, fe.name)  # an imported mask is the plain .npz
+        chk = check_file(path, fe, records.get(path.name))
         if chk.status == "ok":
-            accepted[fe.name] = chk.sha256
-            verified.add(fe.name)
+            accepted[path.name] = chk.sha256
+            verified.add(path.name)
             log(f"{path}: present, {chk.detail}")
         elif chk.status == "missing":
             (todo if fe.public else unavailable).append(fe)
@@ -517,10 +565,10 @@ def _download(ds: DatasetEntry, root: Path, folder: Path, allow_unverified: bool
         elif chk.status == "mismatch":  # differs from its local record, and nobody can re-fetch it
             raise ChecksumError(path, chk.detail, chk.expected, chk.sha256)
         elif chk.status == "ok-local":
-            accepted[fe.name] = chk.sha256
+            accepted[path.name] = chk.sha256
             log(f"{path}: present, {chk.detail}; keeping it")
         elif allow_unverified:  # "unknown": present, no hash to compare with, not recorded
-            accepted[fe.name] = chk.sha256
+            accepted[path.name] = chk.sha256
             log(f"{path}: present, UNVERIFIED (no published hash), accepted; sha256 {chk.sha256}")
         else:
             unverified_present.append((fe, chk))
@@ -559,6 +607,10 @@ def _download(ds: DatasetEntry, root: Path, folder: Path, allow_unverified: bool
         fetched.add(fe.name)
         if ok:
             verified.add(fe.name)
+        if _plain_name(fe.name) != fe.name:  # a bad plain copy of this mask is replaced by the download
+            (folder / _plain_name(fe.name)).unlink(missing_ok=True)
+            records.pop(_plain_name(fe.name), None)
+            accepted.pop(_plain_name(fe.name), None)
         write_checksums(folder, {**records, **accepted})  # after each file: an interruption loses nothing
     if accepted:
         write_checksums(folder, {**records, **accepted})
@@ -696,8 +748,10 @@ def _check_structure(path: Path, fe: FileEntry, target: Path) -> None:
             x = np.load(path, mmap_mode="r", allow_pickle=False)
             if x.ndim != 2:
                 raise ValueError(f"expected a 2-D array, got shape {x.shape}")
+        elif MASK_FILE_RE.match(fe.name):
+            read_mask_groups(path)  # the restricted reader: nothing in the file is run
         elif fe.name.endswith(".npy"):
-            np.load(path, allow_pickle=True)
+            np.load(path, allow_pickle=False)
     except DataError as exc:
         raise DownloadError(f"{target}: downloaded file is not valid ({exc.problem}); nothing was written") from None
     except Exception as exc:  # noqa: BLE001 - any read failure means a corrupt or truncated file
@@ -783,7 +837,7 @@ def _plan_import(manifest: Manifest, folder: Path, dest: Path, kind: str | None)
     if ds is None:
         reasons.append(f"{name!r} is not a dataset of the manifest")
     for path in sorted(dataset_files(folder, name).values(), key=lambda p: p.name):
-        fe = ds.files.get(path.name) if ds else None
+        fe = _manifest_entry(ds, path.name)
         chk = check_file(path, fe, recorded.get(path.name))
         if chk.status == "mismatch":
             what = "the manifest" if fe is not None and fe.sha256 else f"its {CHECKSUMS_NAME}"
@@ -800,8 +854,8 @@ def _plan_import(manifest: Manifest, folder: Path, dest: Path, kind: str | None)
     if kind == "real" and _is_reference_location(folder):
         raise DataError(folder, "is the shared reference data (surrogate features); it cannot be labelled real")
     if dest.is_dir():
-        incoming = {p.name for p, _ in files}
-        stale = sorted(p.name for p in dataset_files(dest, name).values() if p.name not in incoming)
+        incoming = {_plain_name(p.name) for p, _ in files}  # a mask in either format replaces both
+        stale = sorted(p.name for p in dataset_files(dest, name).values() if _plain_name(p.name) not in incoming)
         if stale:
             raise DataError(dest, f"already holds {', '.join(stale)}, which importing {folder} would not replace "
                                   f"(a mix of two sources); remove them or the folder first")
@@ -810,11 +864,15 @@ def _plan_import(manifest: Manifest, folder: Path, dest: Path, kind: str | None)
 
 def _apply_import(plan: _ImportPlan, dest: Path, link: bool, log: Log) -> None:
     dest.mkdir(parents=True, exist_ok=True)
+    written = {}  # name in dest -> (sha256, verified)
     for path, chk in plan.files:
-        target = dest / path.name
-        tmp = dest / f".{path.name}.import-{secrets.token_hex(4)}.part"
+        target = dest / _plain_name(path.name)
+        tmp = dest / f".{target.name}.import-{secrets.token_hex(4)}.part"
         try:
-            if link:
+            if target.name != path.name:  # a pickled mask: written again as plain arrays, never linked
+                with open(tmp, "wb") as f:
+                    write_mask_npz(f, read_mask_groups(path))
+            elif link:
                 os.symlink(path.resolve(), tmp)
             else:
                 shutil.copyfile(path, tmp)
@@ -825,9 +883,16 @@ def _apply_import(plan: _ImportPlan, dest: Path, link: bool, log: Log) -> None:
         finally:
             if tmp.is_symlink() or tmp.exists():
                 tmp.unlink()
+        written[target.name] = (sha256_file(target) if target.name != path.name else chk.sha256, chk.status == "ok")
+        if MASK_FILE_RE.match(target.name):  # the pickled copy of this mask from an earlier import
+            pickled = target.with_suffix(".npy")
+            if pickled.is_file() or pickled.is_symlink():
+                pickled.unlink()
         state = "verified against the manifest" if chk.status == "ok" else f"not verifiable, sha256 {chk.sha256} recorded"
-        log(f"{target}: {'linked to' if link else 'copied from'} {path} ({state})")
-    write_checksums(dest, {p.name: c.sha256 for p, c in plan.files})
+        how = "converted to plain arrays (no pickle) from" if target.name != path.name else \
+            "linked to" if link else "copied from"
+        log(f"{target}: {how} {path} ({state})")
+    write_checksums(dest, {n: sha for n, (sha, _) in written.items()})
     _write_source(dest, {
         "kind": plan.kind,
         "dataset": plan.name,
@@ -835,8 +900,8 @@ def _apply_import(plan: _ImportPlan, dest: Path, link: bool, log: Log) -> None:
         "method": "import (symlink)" if link else "import (copy)",
         "date": _now(),
         "reason": "; ".join(plan.reasons) if plan.reasons else "every file is a manifest file from a public source",
-        "verified": sorted(p.name for p, c in plan.files if c.status == "ok"),
-        "unverified": sorted(p.name for p, c in plan.files if c.status != "ok"),
+        "verified": sorted(n for n, (_, ok) in written.items() if ok),
+        "unverified": sorted(n for n, (_, ok) in written.items() if not ok),
     })
     log(f"{dest}: imported as {plan.kind} data" + (f" ({'; '.join(plan.reasons)})" if plan.reasons else ""))
 
@@ -846,8 +911,9 @@ def _apply_import(plan: _ImportPlan, dest: Path, link: bool, log: Log) -> None:
 def verify(name: str, data_root: str | Path = "data") -> list[FileCheck]:
     """Recompute the hashes of ``<data_root>/<name>/`` against the manifest and CHECKSUMS.sha256.
 
-    One FileCheck per file: the manifest's files (``missing`` when absent), then the other
-    dataset files present and any recorded in CHECKSUMS.sha256.
+    One FileCheck per file: the manifest's files (``missing`` when absent; a pickled mask that
+    was imported as its plain ``.npz`` is checked as that file), then the other dataset files
+    present and any recorded in CHECKSUMS.sha256.
     """
     folder = Path(data_root) / name
     if not folder.is_dir():
@@ -855,7 +921,8 @@ def verify(name: str, data_root: str | Path = "data") -> list[FileCheck]:
                                 f"or `python -m data_prep import <dir>`")
     ds = load_manifest().datasets.get(name)
     records = read_checksums(folder)
-    names = list(ds.files) if ds else []
+    checks = [(_present_path(folder, n), fe) for n, fe in (ds.files.items() if ds else ())]
+    seen = {p.name for p, _ in checks} | set(ds.files if ds else ())
     extra = {p.name for p in dataset_files(folder, name).values()} | set(records)
-    names += sorted(extra - set(names))
-    return [check_file(folder / n, ds.files.get(n) if ds else None, records.get(n)) for n in names]
+    checks += [(folder / n, _manifest_entry(ds, n)) for n in sorted(extra - seen)]
+    return [check_file(p, fe, records.get(p.name)) for p, fe in checks]

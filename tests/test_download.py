@@ -14,13 +14,15 @@ import pytest
 
 from data_prep import download as dl
 from data_prep.__main__ import main
-from data_prep.dataset import load_folder, sha256_file
+from data_prep.dataset import load_folder, mask_digest, sha256_file
 from data_prep.errors import DataError
 from data_prep.shared import reference_root, release_root
 
 RELEASE = release_root()
 REFERENCE = reference_root()
 TIKTOK_SMALL = ("tiktok.inter", "tiktok_del.inter", "missing_items_0.6.npy", "missing_items_0.75.npy")
+# what an import writes for them: the pickled masks as plain .npz
+TIKTOK_IMPORTED = ("tiktok.inter", "tiktok_del.inter", "missing_items_0.6.npz", "missing_items_0.75.npz")
 
 needs_shared = pytest.mark.usefixtures("shared_data")  # skipped where ../shared is absent, failed in CI
 
@@ -139,6 +141,11 @@ def test_manifest_matches_the_release_copies():
             fe = ds.files[name]
             sha, blob = dl.file_hashes(RELEASE / ds.name / name, git_blob=True)
             assert (sha, blob, (RELEASE / ds.name / name).stat().st_size) == (fe.sha256, fe.git_blob_sha1, fe.size)
+            if name.startswith("missing_items_"):  # the content hash, from the trusted release file
+                trusted = np.load(RELEASE / ds.name / name, allow_pickle=True).item()
+                assert fe.mask_sha256 == mask_digest(trusted)
+            else:
+                assert fe.mask_sha256 is None
             assert fe.source.commit == "cd8f00db1fd927738c1cf87b1abe40493ae0ec70"
             assert fe.source.file_url(ds.name, name).startswith(
                 "https://raw.githubusercontent.com/ptkjw1997/DGMRec/cd8f00db1fd927738c1cf87b1abe40493ae0ec70/data/masks/")
@@ -357,9 +364,22 @@ def test_import_reference_tiktok_by_link(tmp_path, monkeypatch):
     assert ds.modalities == ("v", "t", "a") and (ds.n_users, ds.n_items) == (9308, 6710)
     source = dl.read_source(folder)
     assert source["kind"] == "reference" and source["origin"] == str(REFERENCE / "tiktok")
-    assert set(source["verified"]) == set(TIKTOK_SMALL)
-    assert set(dl.read_checksums(folder)) == {p.name for p in (REFERENCE / "tiktok").iterdir()}
-    assert {c.status for c in dl.verify("tiktok", root)} == {"ok", "ok-local"}
+    assert set(source["verified"]) == set(TIKTOK_IMPORTED)
+    assert set(dl.read_checksums(folder)) == {p.name.replace(".npy", ".npz") if p.name.startswith("missing_items_")
+                                              else p.name for p in (REFERENCE / "tiktok").iterdir()}
+    # the masks are written, not linked, as plain arrays: no pickle in the imported folder
+    assert not list(folder.glob("missing_items_*.npy"))
+    for ratio in ("0.6", "0.75"):
+        plain = folder / f"missing_items_{ratio}.npz"
+        assert not plain.is_symlink()
+        with np.load(plain, allow_pickle=False) as z:
+            trusted = np.load(REFERENCE / "tiktok" / f"missing_items_{ratio}.npy", allow_pickle=True).item()
+            assert sorted(z.files) == sorted(trusted)
+            for key, ids in trusted.items():
+                assert z[key].dtype == ids.dtype and z[key].tobytes() == ids.tobytes()
+    checks = {c.name: c for c in dl.verify("tiktok", root)}
+    assert {c.status for c in checks.values()} == {"ok", "ok-local"}
+    assert checks["missing_items_0.6.npz"].status == "ok" and "missing_items_0.6.npy" not in checks
     # Downloading into a reference folder would mix real and surrogate files: refused.
     with pytest.raises(dl.DownloadError, match="reference"):
         dl.download("tiktok", root, log=None)
@@ -372,8 +392,16 @@ def test_import_copies_one_dataset_folder(tmp_path):
     folder = root / "tiktok"
     assert not any(p.is_symlink() for p in folder.iterdir())
     assert _leftovers(folder) == []
-    assert load_folder(root, "tiktok").fingerprint == load_folder(REFERENCE, "tiktok").fingerprint
+    # the masks changed format, not content: same fingerprint, same job ids, bit-identical masks
+    imported, original = load_folder(root, "tiktok"), load_folder(REFERENCE, "tiktok")
+    assert imported.fingerprint == original.fingerprint
+    for ratio, groups in original.masks.items():
+        assert all(np.array_equal(imported.masks[ratio][k], ids) for k, ids in groups.items())
     assert dl.read_source(folder)["kind"] == "reference"
+    # the same data written twice gives the same bytes
+    again = tmp_path / "again"
+    dl.import_dir(REFERENCE / "tiktok", again, log=None)
+    assert sha256_file(again / "tiktok/missing_items_0.6.npz") == sha256_file(folder / "missing_items_0.6.npz")
 
 
 @needs_shared
@@ -384,6 +412,41 @@ def test_import_real_release_files_is_labelled_real(tmp_path, capsys):
     assert main(["import", str(src), "--data-root", str(root)]) == 0
     assert dl.read_source(root / "tiktok")["kind"] == "real"
     assert "imported: tiktok" in capsys.readouterr().out
+
+
+@needs_shared
+def test_plain_masks_after_import_are_kept_by_download_and_replace_old_pickles(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    _copy_small_tiktok(src)
+    root = tmp_path / "data"
+    folder = root / "tiktok"
+    folder.mkdir(parents=True)
+    for name in TIKTOK_SMALL:  # an import made before masks were converted: pickles in place
+        shutil.copyfile(RELEASE / "tiktok" / name, folder / name)
+    dl.import_dir(src, root, log=None)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*TIKTOK_IMPORTED, "CHECKSUMS.sha256", "SOURCE"])
+    assert dl.read_source(folder)["kind"] == "real"
+    # download finds the masks verified by content and fetches nothing
+    _no_network(monkeypatch)
+    calls = []
+    monkeypatch.setattr(dl, "fetch_url", _release_fetcher(calls))
+    with pytest.raises(dl.UnavailableError):
+        dl.download("tiktok", root, log=None)
+    assert calls == [] and not list(folder.glob("*.npy"))
+    # a plain mask whose content is not the release's is replaced by a fresh download of the release file
+    from data_prep.mask_files import read_mask_groups, write_mask_npz
+    groups = read_mask_groups(folder / "missing_items_0.6.npz")
+    groups["t"], groups["v"] = groups["v"], groups["t"]
+    with open(folder / "missing_items_0.6.npz", "wb") as f:
+        write_mask_npz(f, groups)
+    assert {c.name: c.status for c in dl.verify("tiktok", root)}["missing_items_0.6.npz"] == "mismatch"
+    with pytest.raises(dl.UnavailableError):
+        dl.download("tiktok", root, log=None)
+    assert calls == ["missing_items_0.6.npy"]
+    assert sorted(p.name for p in folder.glob("missing_items_*")) == ["missing_items_0.6.npy", "missing_items_0.75.npz"]
+    assert {c.name: c.status for c in dl.verify("tiktok", root)} == {
+        **{n: "ok" for n in ("tiktok.inter", "tiktok_del.inter", "missing_items_0.6.npy", "missing_items_0.75.npz")},
+        **{n: "missing" for n in ("image_feat.npy", "text_feat.npy", "audio_feat.npy")}}
 
 
 @needs_shared

@@ -1,15 +1,19 @@
-"""Fuzzed loaders: random corruptions of .inter, feature and mask files.
+"""Fuzzed loaders: random corruptions of .inter, feature and mask files, and hostile pickles.
 
 Each corruption is one that changes the meaning of the file, so it must be refused with a
 DataError naming the file; nothing may surface as a traceback from inside numpy or pandas,
 and nothing may be accepted silently. Reordering columns (header included) is not a
-corruption: it must load to the same data.
+corruption: it must load to the same data. A hostile mask pickle (``hostile.py``) must be
+refused without its payload running; a randomly mutated mask pickle either loads as valid
+masks or is refused, never anything else.
 """
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile import as_npy, mask_pickles
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -155,3 +159,39 @@ def test_corrupt_masks(template, tmp_path_factory, kind):
         with open(path, "wb") as f:
             pickle.dump(payload, f)
     refused(root, "missing_items_0.4.npy")
+
+
+@FUZZ
+@given(case=st.sampled_from(sorted(mask_pickles(Path("x")))), wrapped=st.booleans(),
+       ratio=st.sampled_from(["0.4", "0.9"]))
+def test_hostile_mask_pickles(template, tmp_path_factory, case, wrapped, ratio):
+    root, d = fresh(template, tmp_path_factory)
+    sentinel = root / "PWNED"
+    raw = mask_pickles(sentinel)[case]
+    (d / f"missing_items_{ratio}.npy").write_bytes(as_npy(raw) if wrapped else raw)
+    refused(root, f"missing_items_{ratio}.npy")
+    assert not sentinel.exists()
+
+
+@FUZZ
+@given(data=st.data(), n=st.integers(1, 4))
+def test_mutated_mask_pickles_load_or_are_refused(template, tmp_path_factory, data, n):
+    root, d = fresh(template, tmp_path_factory)
+    path = d / "missing_items_0.4.npy"
+    raw = bytearray(path.read_bytes())
+    for _ in range(n):  # overwrite, insert or delete single bytes anywhere (header included)
+        i = data.draw(st.integers(0, len(raw) - 1))
+        op = data.draw(st.sampled_from(["set", "insert", "delete"]))
+        if op == "set":
+            raw[i] = data.draw(st.integers(0, 255))
+        elif op == "insert":
+            raw.insert(i, data.draw(st.integers(0, 255)))
+        else:
+            del raw[i]
+    path.write_bytes(bytes(raw))
+    try:
+        ds = load_folder(root, "toy")
+    except DataError as exc:
+        assert "missing_items_0.4.npy" in str(exc), str(exc)
+    else:  # a mutation that kept a valid mask (an id changed within range, say): it passed every check
+        assert set(ds.masks["0.4"]) == {"t", "v", "all"}

@@ -159,3 +159,25 @@ def test_new_items_out_of_range(tmp_path):
     d = make_folder(tmp_path)
     np.save(d / "new_items.npy", np.array([1, 40]))
     expect(tmp_path, "new_items.npy", "out of range")
+
+
+def test_plain_npz_masks_load_like_the_pickled_ones(tmp_path):
+    groups = {"t": np.array([0]), "v": np.array([1, 3]), "all": np.array([2])}
+    d = make_folder(tmp_path, mask=groups)
+    pickled = load_folder(tmp_path, "toy")
+    (d / "missing_items_0.5.npy").unlink()
+    np.savez(d / "missing_items_0.5.npz", **groups)  # written by numpy, not by data_prep
+    plain = load_folder(tmp_path, "toy")
+    assert {k: v.tolist() for k, v in plain.masks["0.5"].items()} == {"t": [0], "v": [1, 3], "all": [2]}
+    assert plain.fingerprint == pickled.fingerprint  # the same masks are the same data, whatever the format
+    with open(d / "missing_items_0.5.npy", "wb") as f:
+        pickle.dump(groups, f)
+    expect(tmp_path, "missing_items_0.5.npy", "two mask files", "missing_items_0.5.npz")
+    (d / "missing_items_0.5.npy").unlink()
+    for bad, fragment in (({"t": np.array([0.5])}, "integers"), ({"t": np.array([[0]])}, "1-D"),
+                          ({"image": np.array([1])}, "unknown mask key"), ({"t": np.array([7])}, "out of range"),
+                          ({"t": np.array(["0"])}, "plain numeric array")):
+        np.savez(d / "missing_items_0.5.npz", **bad)
+        expect(tmp_path, "missing_items_0.5.npz", fragment)
+    (d / "missing_items_0.5.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    expect(tmp_path, "missing_items_0.5.npz", ".npz archive")
