@@ -13,6 +13,7 @@ from benchmarks.protocols import get_protocol
 from benchmarks.sampling import BPRSampler
 from data_prep.synthetic import make_replica
 from models.graphs import EdgeDropper
+from models.losses import batch_info_nce, distinct, info_nce_indexed
 from models.registry import get
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,3 +47,14 @@ def test_host_reads_counts_value_reads_and_nothing_else():
     assert dict(reads.by_name) == {"tensor": 1, "__float__": 1, "__bool__": 1, "__getitem__": 1, "unique": 1,
                                    "cpu": 1, "repeat_interleave": 1}
     assert reads.total == 7
+
+
+def test_distinct_ids_once_give_the_same_losses():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(30, 8, generator=g), torch.randn(40, 8, generator=g)
+    ia, ib = torch.randint(0, 30, (64,), generator=g), torch.randint(0, 40, (64,), generator=g)
+    assert torch.equal(info_nce_indexed(a, ia, b, ib, 0.2), info_nce_indexed(a, distinct(ia), b, distinct(ib), 0.2))
+    assert torch.equal(batch_info_nce(a, a.flip(0), ia, 0.3), batch_info_nce(a, a.flip(0), distinct(ia), 0.3))
+    d = distinct(ia)
+    assert distinct(d) is d
+    assert torch.equal(d.uniq[d.inverse], ia) and int(d.counts.sum()) == len(ia)
