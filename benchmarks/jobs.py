@@ -193,6 +193,8 @@ def run_job(spec: dict, progress: bool = False) -> dict:
             device = pick_device(cfg.get("device"))
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+                # Full float32 products unless the job asks for TF32 (set per job: a worker runs many)
+                torch.backends.cuda.matmul.allow_tf32 = bool(cfg.get("cuda_tf32"))
             rng = seed_everything(int(spec["seed"]), bool(cfg.get("deterministic")))
             dataset = load_dataset(DatasetRef(**spec["dataset_ref"]))
             cache = ArtifactCache(spec.get("cache_dir"))
