@@ -451,6 +451,7 @@ class EdgeDropper:
         deg_u = torch.bincount(self.users, minlength=self.n_users).float() + 1e-7
         deg_i = torch.bincount(self.items, minlength=self.n_items).float() + 1e-7
         self.weights = deg_u[self.users].rsqrt() * deg_i[self.items].rsqrt()
+        self._item_rank = None
 
     @property
     def n_edges(self) -> int:
@@ -462,18 +463,26 @@ class EdgeDropper:
         if weighted:
             keys = keys / self.weights
         chosen = torch.topk(keys, keep, largest=False, sorted=False).indices
-        mask = torch.zeros(self.n_edges, dtype=torch.bool, device=self.device)
-        mask[chosen] = True
-        return self.adjacency(mask)
+        return self.adjacency_of(chosen)
 
     def adjacency(self, mask: torch.Tensor) -> torch.Tensor:
         """Symmetric normalised adjacency of the edges flagged in ``mask`` (edge order of ``users``/``items``)."""
-        u, i = self.users[mask], self.items[mask]
-        du = torch.bincount(u, minlength=self.n_users).float()
-        di = torch.bincount(i, minlength=self.n_items).float()
+        return self.adjacency_of(torch.nonzero(mask).squeeze(1))
+
+    def adjacency_of(self, kept: torch.Tensor) -> torch.Tensor:
+        """``adjacency`` of the distinct edge ids ``kept`` (any order). Sizes come from ``len(kept)``,
+        never from values, so a view is built on an accelerator without the host waiting for it."""
+        if self._item_rank is None:  # position of each edge in item-major order
+            self._item_rank = torch.empty_like(self.by_item)
+            self._item_rank[self.by_item] = torch.arange(self.n_edges, device=self.device)
+        kept = torch.sort(kept).values                                 # user-major, as a mask selects
+        kept_by_item = self.by_item[torch.sort(self._item_rank[kept]).values]  # the same edges, item-major
+        u, i = self.users[kept], self.items[kept]
+        ones = torch.ones(len(kept), device=self.device)
+        du = torch.zeros(self.n_users, device=self.device).index_add_(0, u, ones)  # exact integer counts
+        di = torch.zeros(self.n_items, device=self.device).index_add_(0, i, ones)
         inv_u, inv_i = (du + 1e-7).rsqrt(), (di + 1e-7).rsqrt()
-        m2 = mask[self.by_item]
-        iu, ii = self.users[self.by_item][m2], self.items[self.by_item][m2]
+        iu, ii = self.users[kept_by_item], self.items[kept_by_item]
         counts = torch.cat([du, di]).long()
         crow = torch.zeros(len(counts) + 1, dtype=torch.int64, device=self.device)
         crow[1:] = torch.cumsum(counts, 0)

@@ -153,6 +153,27 @@ def test_device_sampling_is_seeded_and_checks_its_option(replica):
         BPRSampler(task, np.random.default_rng(2), "gpu")
 
 
+def test_edge_dropped_views_read_nothing_and_equal_the_mask_built_ones(replica):
+    _, _, task = _task(replica, model="SGL")
+    dropper = EdgeDropper(task)
+    keep = int(dropper.n_edges * 0.8)
+    gen = torch.Generator().manual_seed(1)
+    dropper.sample(keep, generator=gen)  # warm-up (the item-major ranks are built once)
+    with HostReads() as reads:
+        view = dropper.sample(keep, generator=torch.Generator().manual_seed(7))
+    assert reads.total == 0
+    keys = torch.rand(dropper.n_edges, generator=torch.Generator().manual_seed(7)).neg_().add_(1.0).log_().neg_()
+    chosen = torch.topk(keys / dropper.weights, keep, largest=False, sorted=False).indices
+    mask = torch.zeros(dropper.n_edges, dtype=torch.bool)
+    mask[chosen] = True
+    ref = dropper.adjacency(mask)
+    for a, b in ((view.crow_indices(), ref.crow_indices()), (view.col_indices(), ref.col_indices()),
+                 (view.values(), ref.values())):
+        assert torch.equal(a, b)
+    # the kept edges' degrees: every user's row sums its kept edges' weights
+    assert view.to_dense().count_nonzero() == 2 * keep
+
+
 def test_distinct_ids_once_give_the_same_losses():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(30, 8, generator=g), torch.randn(40, 8, generator=g)
