@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import knn_graph, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency
+from models.graphs import built_on, knn_graph, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency
 from models.losses import bpr_loss, distinct, emb_norm, info_nce_indexed as nce
 from models.registry import register
 
@@ -302,18 +302,18 @@ class DGMRec(Recommender):
     # ------------------------------------------------------------------ graphs
     def _masked_graph(self, task, m) -> sp.csr_matrix:
         miss = self.missing_np[m]
-        x = self.feat[m].detach().cpu()
+        x = self.feat[m].detach()  # on the model's device: the kNN products run there
 
         def build():
             return knn_graph(x, self.knn_k, isolate_after=miss if miss.any() else None)
 
-        g = task.cached("dgmrec_knn", {"k": self.knn_k, "modality": m, "isolate_after": "missing"},
+        g = task.cached("dgmrec_knn", {"k": self.knn_k, "modality": m, "isolate_after": "missing", **built_on(x)},
                         (f"features:{m}", "missing"), build)
         return sp.csr_matrix(g, dtype=np.float32, copy=True)
 
     def _new_item_train_graph(self, task, m) -> sp.csr_matrix:
         miss = self.missing_np[m]
-        x = self.feat[m].detach().cpu()
+        x = self.feat[m].detach()
         with_mask = self.fix["fix_new_item_train_graph_mask"] and miss.any()
 
         def build():
@@ -322,7 +322,8 @@ class DGMRec(Recommender):
 
         inputs = (f"features:{m}", "new_items") + (("missing",) if with_mask else ())
         g = task.cached("dgmrec_knn", {"k": self.knn_k, "modality": m, "isolate_before": "new_items",
-                                       "isolate_after": "missing" if with_mask else None}, inputs, build)
+                                       "isolate_after": "missing" if with_mask else None, **built_on(x)},
+                       inputs, build)
         return sp.csr_matrix(g, dtype=np.float32, copy=True)
 
     def _torch_pair(self, g: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,7 +343,7 @@ class DGMRec(Recommender):
         for m in self.mods:
             if not rows[m].any():
                 continue
-            rebuilt = knn_graph(self.feat[m].detach().cpu(), self.knn_k)
+            rebuilt = knn_graph(self.feat[m].detach(), self.knn_k)  # on the model's device
             store_sp[m] = blend_rows(store_sp[m], rebuilt, rows[m], self.avg_lambda)
             store[m] = self._torch_pair(store_sp[m])
 
