@@ -4,8 +4,8 @@ On a GPU, kernels are queued and run while Python goes on; any call that needs a
 *value* on the host (``.item()``, ``float(t)``, ``if t:``, ``.cpu()``, ``.numpy()``,
 ``.tolist()``) or whose output size depends on values (``nonzero``, ``unique``, boolean-mask
 indexing, ``repeat_interleave`` without ``output_size``) stops the host until the queue has
-drained, and so does a tensor made from host data (``torch.tensor``, ``as_tensor``,
-``from_numpy``: a blocking upload on an accelerator). Inside a batch loop that idles the GPU every batch.
+drained, and so does a tensor made from host data (``torch.tensor``, ``as_tensor``: a
+blocking upload on an accelerator). Inside a batch loop that idles the GPU every batch.
 
 ``HostReads`` counts such calls through a ``TorchFunctionMode``, so it works on any device,
 the CPU included: a test on a CPU-only machine can assert that a loop makes no host read per
@@ -28,7 +28,9 @@ VALUE_READS = frozenset({"item", "__float__", "__int__", "__bool__", "__index__"
                          "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "bincount",
                          "__format__", "__repr__", "equal", "allclose"})
 # Tensors made from host data: on an accelerator each is a copy that waits for the device queue.
-UPLOADS = frozenset({"tensor", "as_tensor", "from_numpy"})
+# (torch.from_numpy is not seen by torch function modes; a blocking .to(device) of its result is
+# an upload too, which only a real device's sync detector shows.)
+UPLOADS = frozenset({"tensor", "as_tensor"})
 
 
 def _is_value_read(name: str, args, kwargs) -> bool:
