@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=None)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=999)
+    ap.add_argument("--scale", type=float, default=None, help="scale of synthetic replicas (default: full scale)")
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (the device key of every job); on "
                     "CUDA the jobs run in this process, each with CUDA's own peak-memory counter reset")
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     if args.official_src and not (Path(args.official_src) / "main.py").is_file():
         raise SystemExit(f"{args.official_src}: not the official src folder (no main.py)")
     opts = RunOptions(protocols=["missing"], datasets=[d.strip() for d in args.datasets.split(",")], models=models,
-                      seeds=[args.seed], data_root=args.data_root, full=True, sets=sets, jobs=1,
+                      seeds=[args.seed], data_root=args.data_root, full=True, scale=args.scale, sets=sets, jobs=1,
                       results_dir=args.out, cache_dir=str(Path(args.out) / "cache"), progress=True)
     p = plan(opts)
     store = ResultStore(args.out)
@@ -186,7 +187,7 @@ def _side_by_side_table(args, records, official, models, left_out, on_gpu) -> st
             ("peak GPU MB" if on_gpu else "peak MB"): peak_ours, "official peak": peak_theirs,
             "memory ratio": _ratio(peak_ours, peak_theirs),
             "status": rec["status"] if off.get("status") == "ok" else f"{rec['status']} / official {off.get('status')}",
-            "error": ((rec.get("error") or "") + " " + (off.get("error") or "")).strip()[-120:],
+            "error": " ".join(((rec.get("error") or "") + " " + (off.get("error") or "")).split())[-120:],
         })
     rows.sort(key=lambda r: (r["dataset"], models.index(r["model"]) if r["model"] in models else 99))
     ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
@@ -217,7 +218,7 @@ def _cost_table(args, records, models) -> str:
             "ratio": _ratio(ours, off.get("train_median")),
             "eval s (test)": rec.get("eval_seconds"), "official eval s": off.get("eval"),
             "peak MB": _peak(rec), "official peak MB": off.get("peak"),
-            "error": (rec.get("error") or "")[:80],
+            "error": " ".join((rec.get("error") or "").split())[:80],
         })
     rows.sort(key=lambda r: (r["dataset"], models.index(r["model"].split(" ")[0])
                              if r["model"].split(" ")[0] in models else 99))

@@ -41,9 +41,10 @@ def epochs_run(epochs: int, eval_step: int, stopping_step: int, best_epoch: floa
     return float(min(epochs, best_epoch + (stopping_step + 1) * eval_step))
 
 
-def measured_costs(stores: list[str | Path]) -> dict:
+def measured_costs(stores: list[str | Path], device_type: str = "cuda") -> dict:
     """(model, dataset kind) -> seconds per epoch, per evaluation (valid + test) and of setup, from
-    the ``ok`` GPU records of result stores (whole epochs only; the latest record wins)."""
+    the ``ok`` records of result stores made on ``device_type`` (whole epochs only; the latest
+    record wins)."""
     out = {}
     for folder in stores:
         path = Path(folder) / "results.jsonl"
@@ -54,7 +55,7 @@ def measured_costs(stores: list[str | Path]) -> dict:
                 continue
             r = json.loads(line)
             device = str(r.get("environment", {}).get("device", ""))
-            if r.get("status") != "ok" or "epoch_capped" in r or not device.startswith("cuda"):
+            if r.get("status") != "ok" or "epoch_capped" in r or not device.startswith(device_type):
                 continue
             s = r.get("train_seconds_per_epoch_median") or r.get("train_seconds_per_epoch")
             if s is None:
@@ -159,9 +160,10 @@ def main(argv=None) -> int:
     ap.add_argument("--throughput", default=None, help="JSON {K: speed-up} from gpu_check's throughput phase")
     ap.add_argument("--from-store", default=None, help="comma-separated stores of full-schedule runs (best epochs)")
     ap.add_argument("--best-epoch", type=float, default=DEFAULT_BEST_EPOCH)
+    ap.add_argument("--device-type", default="cuda", help="use records made on this kind of device")
     ap.add_argument("--out", default="results/gpu/grid_estimate.md")
     args = ap.parse_args(argv)
-    costs = measured_costs(args.stores.split(","))
+    costs = measured_costs(args.stores.split(","), args.device_type)
     best = recorded_best_epochs(args.from_store.split(",")) if args.from_store else {}
     speedups = {}
     if args.throughput and Path(args.throughput).is_file():

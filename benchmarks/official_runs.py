@@ -240,12 +240,15 @@ def official_override(official_src: Path, model: str, dataset: str, ours: dict, 
     override = json.loads(best_file.read_text()) if best_file.is_file() else {}
     spec = _official_yaml(src / "configs" / "model" / f"{model}.yaml")
     keys = [k for k in spec.get("hyper_parameters", []) if k not in ("seed", "missing_imputation")]
-    for k in dict.fromkeys(keys + list(override)):
+    for k in keys:  # grid keys: the official code iterates over a list of values
         if k in ours:
             override[k] = [ours[k]]
         else:
             v = override.get(k, spec.get(k))
             override[k] = v[:1] if isinstance(v, list) else [v]
+    for k in override:  # plain settings keep their form (DGMRec's n_mm_layers is one number)
+        if k not in keys and k in ours:
+            override[k] = ours[k]
     override.update(epochs=int(epochs), eval_step=1, stopping_step=10 ** 6)
     return override
 

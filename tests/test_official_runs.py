@@ -173,3 +173,8 @@ def test_official_override_pins_every_grid_key_to_our_setting(tmp_path):
     # ours where we have the key, else the first official value (a number, as the official loader reads it)
     assert out == {"n_ui_layers": [2], "reg_weight": [1e-4], "epochs": 3, "eval_step": 1, "stopping_step": 10 ** 6}
     assert official_override(tmp_path, "LightGCN", "tiktok", {"reg_weight": 0.0}, 2)["n_ui_layers"] == [3]
+    # a setting that is not a grid key keeps its form (the official DGMRec reads n_mm_layers as a number)
+    (tmp_path / "configs" / "model" / "DGMRec.yaml").write_text("hyper_parameters: ['seed', 'missing_imputation']\n")
+    (tmp_path / "configs" / "best" / "DGMRec_tiktok.json").write_text('{"n_mm_layers": 2, "recon": 0.1}')
+    out = official_override(tmp_path, "DGMRec", "tiktok", {"n_mm_layers": 3}, 1)
+    assert out["n_mm_layers"] == 3 and out["recon"] == 0.1
