@@ -39,6 +39,7 @@ import json
 import os
 import pickle
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -48,7 +49,11 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
-from benchmarks.bench_common import REFERENCE
+from benchmarks.bench_common import REFERENCE as _REFERENCE
+
+# the reference data beside the checkout, or inside it (a copy of the working tree with shared/ in it)
+REFERENCE = next((p for p in (_REFERENCE, Path(__file__).resolve().parents[1] / "shared" / "data" / "reference")
+                  if p.is_dir()), _REFERENCE)
 
 # seconds of the default 520 s budget per phase
 PHASES = {"correctness": 110, "throughput": 70, "speed": 190, "catalogue": 150, "estimate": 0}
@@ -217,7 +222,8 @@ def phase_correctness(device, models, clock, out: Path, smoke: bool) -> list[dic
 
 
 def _profile(model: str, device: str) -> str:
-    """torch.profiler over three training batches of ``model`` on a small replica: top ops by time."""
+    """torch.profiler over three training batches of ``model`` on the reference TikTok data (a small
+    replica without it): the top ops by time on the device."""
     from torch.profiler import ProfilerActivity, profile
 
     from benchmarks import registry_entry
@@ -227,9 +233,12 @@ def _profile(model: str, device: str) -> str:
     from benchmarks.protocols import get_protocol
     from benchmarks.sampling import BPRSampler
     entry = registry_entry(model)
-    ref, _ = resolve_dataset("synthetic:tiktok", "none", 0.1)
+    reference = (REFERENCE / "tiktok").is_dir()
+    ref, _ = resolve_dataset("tiktok" if reference else "synthetic:tiktok", REFERENCE, 0.1)
     ds = load_dataset(ref)
-    cfg = expand_grid(resolve(entry, "tiktok", {}, quick=True), entry.cls.list_params)[0]
+    # the reference data (59,541 rows) at the model's batch size; a small replica at 512 rows a batch
+    cfg = expand_grid(resolve(entry, "tiktok", {} if reference else {"train_batch_size": 512}, quick=True),
+                      entry.cls.list_params)[0]
     proto = get_protocol("missing")
     dev = torch.device(device)
     rng = seed_everything(1)
@@ -252,7 +261,7 @@ def _profile(model: str, device: str) -> str:
         torch.cuda.synchronize(dev)
     prof.__exit__(None, None, None)
     key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    return f"{model}: {len(batches) - 1} training batches on {device}\n\n" + \
+    return f"{model}: {len(batches) - 1} training batches of {ds.name} on {device}\n\n" + \
         prof.key_averages().table(sort_by=key, row_limit=15)
 
 
@@ -269,6 +278,7 @@ def phase_throughput(device, clock, out: Path, work: Path, smoke: bool) -> dict:
         if clock.remaining() <= 0:
             break
         folder = work / "throughput" / f"k{k}"
+        shutil.rmtree(folder, ignore_errors=True)  # measured afresh: a kept store would skip every job
         opts = RunOptions(protocols=["missing"], datasets=["tiktok" if reference else "synthetic:tiktok"],
                           models=models, seeds=result["seeds"], data_root=str(REFERENCE) if reference else "none",
                           full=reference, scale=None if reference else 0.05, results_dir=str(folder),
@@ -301,7 +311,9 @@ def phase_speed(device, models, clock, out: Path, work: Path, smoke: bool, offic
             "--epochs", "1" if smoke else "3", "--out", str(work / "speed"), "--set", "grid_limit=1",
             "--budget-seconds", f"{max(1.0, clock.remaining() - 30):.0f}", "--retry-failed"]
     if official_src:
-        argv += ["--official-src", str(official_src), "--official-timeout", f"{max(30.0, clock.remaining()):.0f}"]
+        # one official run may not eat the phase (nor the next one's time)
+        argv += ["--official-src", str(official_src),
+                 "--official-timeout", f"{max(30.0, min(150.0, clock.remaining())):.0f}"]
     bench_cost.main(argv)
     (out / "speed.md").write_text(f"## Ours and the official code on {device}\n\n"
                                   + (work / "speed" / "cost_benchmark.md").read_text())
@@ -371,7 +383,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--smoke", action="store_true", help="tiny replicas, few models, one epoch (a CPU rehearsal)")
-    ap.add_argument("--out", default="results/gpu")
+    ap.add_argument("--out", default="results/gpu", help="the tables (small; to be committed)")
+    ap.add_argument("--work", default=None, help="stores, caches and replicas (default <out>/work; large)")
     ap.add_argument("--official-src", default=None, help="src folder of a ptkjw1997/DGMRec checkout (speed phase)")
     ap.add_argument("--phases", default=",".join(PHASES))
     ap.add_argument("--models", default=None, help="comma-separated (default: every model; --smoke: four)")
@@ -398,8 +411,9 @@ def main(argv=None) -> int:
     models = args.models.split(",") if args.models else (
         ["MFBPR", "LightGCN", "SGL", "DGMRec"] if args.smoke else [m for m in names() if not m.startswith("Test")])
     out = Path(args.out)
-    work = out / "work"  # stores, caches and replicas: kept for a second call, not committed
+    work = Path(args.work) if args.work else out / "work"  # kept for a second call, not committed
     work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     clock = Clock(args.budget or (240.0 if args.smoke else 520.0), PHASES)
     scale = 0.02 if args.smoke else 1.0
     env = environment(device)
