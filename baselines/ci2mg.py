@@ -32,11 +32,15 @@ class CI2MG(Recommender):
         self.sk_eps, self.sk_iters = float(config["sinkhorn_eps"]), int(config["sinkhorn_iters"])
         self.fix_contrastive = bool(config["fix_contrastive_loss"])
         kernel_gib = 4.0 * self.n_items ** 2 / GIB
-        if kernel_gib > float(config["max_dense_gib"]):
+        limit, source = float(config["max_dense_gib"]), f"max_dense_gib={config['max_dense_gib']}"
+        hint = "raise max_dense_gib if the machine has the memory"
+        if torch.device(self.device).type == "cuda":  # on a GPU the limit is what the device has free
+            free = torch.cuda.mem_get_info(self.device)[0] / GIB
+            limit, source, hint = free, f"the {free:.1f} GiB free on {self.device}", "use a larger GPU"
+        if kernel_gib > limit:
             raise MemoryError(
                 f"CI2MG needs a dense n_items x n_items Sinkhorn kernel: {self.n_items:,}^2 float32 = "
-                f"{kernel_gib:.1f} GiB alive at a time (plus the model), above max_dense_gib="
-                f"{config['max_dense_gib']}; raise max_dense_gib if the machine has the memory")
+                f"{kernel_gib:.1f} GiB alive at a time (plus the model), above {source}; {hint}")
         # Kernels kept for the backward pass while they fit; otherwise recomputed there in row blocks.
         self.keep_kernels = len(self.mods) * kernel_gib <= float(config["keep_kernels_gib"])
         self.adj = ui_adjacency_rw(task)

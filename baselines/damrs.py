@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import (binary_sym_normalize, cooccurrence_graph, denoised_knn_graphs, lightgcn,
+from models.graphs import (binary_sym_normalize, built_on, cooccurrence_graph, denoised_knn_graphs, lightgcn,
                            sparse_with_transpose, spmm_t, ui_adjacency)
 from models.losses import neighbour_discrimination, symmetric_bernoulli_kl
 from models.registry import register
@@ -86,11 +86,11 @@ class DAMRS(Recommender):
         mask_missing = (self.three or self.fix_mask_missing) and task.imputation == "mean"
         norm_eps = 1e-5 if self.three else 0.0
         inputs = tuple(f"features:{m}" for m in self.mods) + ("missing", "new_items")
+        xs = [task.features[m].detach() for m in self.mods]  # on the task's device: the products run there
         params = {"modalities": list(self.mods), "k": self.knn_k, "norm_eps": norm_eps,
-                  "mask_missing": bool(mask_missing), "exclude_new": bool(exclude_new)}
+                  "mask_missing": bool(mask_missing), "exclude_new": bool(exclude_new), **built_on(xs[0])}
 
         def build():
-            xs = [task.features[m].detach().cpu() for m in self.mods]
             isolate = [task.missing[m] for m in self.mods] if mask_missing else None
             raw = denoised_knn_graphs(xs, self.knn_k, norm_eps=norm_eps, isolate=isolate,
                                       exclude=task.new_items if exclude_new else None)

@@ -33,7 +33,7 @@ from torch import nn
 from models.base import Recommender
 from models.graphs import (cached_knn_graph, lightgcn, shared_neighbours, sparse_with_transpose, spmm_t,
                            ui_sym_scipy, user_item_block)
-from models.losses import batch_info_nce, bpr_loss, squared_l2
+from models.losses import batch_info_nce, bpr_loss, distinct, squared_l2
 from models.registry import register
 
 # Alignment pairs of the three-modality path, as in the reference: (v, t), (a, t), (v, a).
@@ -134,7 +134,7 @@ class GUME(Recommender):
         return ext_id + integ, integ, ext_id, ext_it, explicit
 
     # ------------------------------------------------------------------ loss
-    def _noise_nce(self, emb: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    def _noise_nce(self, emb: torch.Tensor, users) -> torch.Tensor:
         """InfoNCE between two noisy copies of the whole table, on the batch users."""
         def perturb(x):
             return x + torch.sign(x) * F.normalize(torch.rand_like(x), dim=-1) * self.noise_scale
@@ -160,16 +160,17 @@ class GUME(Recommender):
 
         # Positives observed in every modality (all positives, duplicates kept, without masks).
         tv = torch.unique(pos[self.complete_mask[pos]]) if self.missing_modal else pos
+        users_d = distinct(users)  # once for the four user terms
         if len(tv) > 1:
             loss = loss + self.vt_loss * self.alignment(explicit, tv)
             bm_items = batch_info_nce(integ[nu:], ext_id[nu:], tv, self.bm_temp)
         else:
             bm_items = 0.0
-        loss = loss + self.bm_loss * (batch_info_nce(integ[:nu], ext_id[:nu], users, self.bm_temp) + bm_items)
+        loss = loss + self.bm_loss * (batch_info_nce(integ[:nu], ext_id[:nu], users_d, self.bm_temp) + bm_items)
 
         integ_u, ext_it_u = integ[:nu], ext_it[:nu]
-        um = batch_info_nce(ext_it_u, integ_u, users, self.um_temp) + \
-            self._noise_nce(integ_u, users) + self._noise_nce(ext_it_u, users)
+        um = batch_info_nce(ext_it_u, integ_u, users_d, self.um_temp) + \
+            self._noise_nce(integ_u, users_d) + self._noise_nce(ext_it_u, users_d)
         loss = loss + self.um_loss * um
         return loss + self.reg_weight_2 * 0.5 * ext_it[nu:][pos].pow(2).sum() / self.batch_size
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from models.base import Recommender
 from models.graphs import hypergraph_propagate, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency
-from models.losses import bpr_loss, emb_norm, nce_over_lowrank_candidates
+from models.losses import bpr_loss, distinct, emb_norm, nce_over_lowrank_candidates
 from models.registry import register
 
 # Modality pairs (x, y) of the three-modality contrast, as in the reference: v→t, a→v, t→a.
@@ -114,12 +114,12 @@ class LGMRec(Recommender):
             return pos, None
         return torch.unique(pos[self.complete_mask[pos]]), self.complete_ids
 
-    def _contrast(self, x: torch.Tensor, y_factors: torch.Tensor, y_basis: torch.Tensor, rows: torch.Tensor,
+    def _contrast(self, x: torch.Tensor, y_factors: torch.Tensor, y_basis: torch.Tensor, rows,
                   cand: torch.Tensor | None):
         """−Σ_r log(exp(cos(x_r, y_r)/τ) / Σ_c exp(cos(x_r, y_c)/τ)) over ``rows`` (duplicates count as
         often as they occur), candidates ``cand`` (None: all rows of y). y = y_factors · y_basis is
         a hypergraph embedding (memberships × hyperedge states), so the logits are rank h."""
-        ids, counts = torch.unique(rows, return_counts=True)
+        _, ids, _, counts = distinct(rows)
         if cand is None:
             return nce_over_lowrank_candidates(x[ids], y_factors, y_basis, ids, self.tau, counts)
         return nce_over_lowrank_candidates(x[ids], y_factors[cand], y_basis, torch.searchsorted(cand, ids),
@@ -130,12 +130,13 @@ class LGMRec(Recommender):
         u, p, n = u_all[users], i_all[pos], i_all[neg]
         loss = bpr_loss((u * p).sum(1), (u * n).sum(1))
         rows, cand = self._item_contrast_sets(pos)
+        users_d, rows = distinct(users), distinct(rows)  # once for every modality pair
         pairs = PAIRS_3 if self.three else ((self.mods[0], self.mods[1]),)
         hcl = 0.0
         for x, y in pairs:
             ux, ix = hyper[x][:2]
             _, _, uh_y, ih_y, lat_y = hyper[y]
-            hcl = hcl + self._contrast(ux, uh_y, lat_y, users, None) + self._contrast(ix, ih_y, lat_y, rows, cand)
+            hcl = hcl + self._contrast(ux, uh_y, lat_y, users_d, None) + self._contrast(ix, ih_y, lat_y, rows, cand)
         if self.three:
             hcl = hcl / 3.0
         loss = loss + self.cl_weight * hcl

@@ -11,6 +11,14 @@ from models.base import Recommender
 from models.registry import register
 
 
+def _upload(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array on ``device`` without waiting for the device's queue (pinned, asynchronous)."""
+    t = torch.from_numpy(x)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
 @register("MILK")
 class MILK(Recommender):
     group = "missing-modality-aware"
@@ -78,7 +86,7 @@ class MILK(Recommender):
         # product per environment (the same values as forming every environment's item vectors).
         sp = torch.stack([(u * fp[m]).sum(1) for m in self.mods], dim=1)
         sn = torch.stack([(u * fn[m]).sum(1) for m in self.mods], dim=1)
-        envs = torch.as_tensor(np.stack(self.environments()), dtype=u.dtype, device=u.device)  # (E, M)
+        envs = _upload(np.stack(self.environments()), u.device).to(u.dtype)  # (E, M)
         losses = F.softplus(cn.unsqueeze(1) * (sn @ envs.T) - cp.unsqueeze(1) * (sp @ envs.T)).mean(dim=0)
         p0 = cp.unsqueeze(1) * sum(envs[0, k] * fp[m] for k, m in enumerate(self.mods))
         n0 = cn.unsqueeze(1) * sum(envs[0, k] * fn[m] for k, m in enumerate(self.mods))

@@ -81,7 +81,9 @@ class SIBRAR(Recommender):
         neg_1 = (p1 * n2).sum(1) / self.temp
         neg_2 = (p2 * n1).sum(1) / self.temp
         info = (torch.logaddexp(pos_s, neg_1) - pos_s) + (torch.logaddexp(pos_s, neg_2) - pos_s)
-        if two.all():
+        if not self.fix_sampling:  # every row has two sources (no host read of ``two``)
+            info = info.mean()
+        elif two.all():
             info = info.mean()
         else:
             info = info[two].mean() if two.any() else info.new_zeros(())

@@ -6,10 +6,11 @@ optimiser parameters; a per-epoch learning-rate factor ``g ** (epoch / s)`` from
 and test; early stopping on the validation metric rounded to 4 decimals (ties are no
 improvement) after more than ``stopping_step`` evaluations without improvement; the
 reported test metrics are those of the evaluation with the best validation metric. A
-non-finite loss ends training with a failure that carries the epoch and the best result
-so far. There is no wall-clock cap: a result never depends on how busy the machine was.
-``stop_reason`` says why training ended: ``early_stopping``, ``epoch_budget`` (``epochs``
-ran out first) or ``not_trained`` (a model with nothing to learn, evaluated once).
+non-finite loss ends training, at the end of its epoch, with a failure that carries the
+epoch and the best result so far. There is no wall-clock cap: a result never depends on how
+busy the machine was. ``stop_reason`` says why training ended: ``early_stopping``,
+``epoch_budget`` (``epochs`` ran out first) or ``not_trained`` (a model with nothing to learn,
+evaluated once).
 """
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
         optimizer = make_adam(model.optimizer_parameters(), lr=float(config["learning_rate"]),
                               weight_decay=float(config.get("weight_decay", 0.0)))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.get("learning_rate_scheduler")))
-    sampler = BPRSampler(task, rng)
+    sampler = BPRSampler(task, rng, config.get("sampling_device"))
     max_batches = config.get("max_batches_per_epoch")
     max_batches = int(max_batches) if max_batches is not None else None
     if max_batches is not None and max_batches < 1:
@@ -142,18 +143,22 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
             t0 = time.perf_counter()
             model.train()
             model.pre_epoch(epoch)
-            total = 0.0
+            # The epoch's loss is summed on the device (float64, as a Python float sum would) and
+            # read once after the loop: reading or testing it per batch would make the host wait
+            # for the accelerator every batch. A non-finite batch loss makes the sum non-finite.
+            total = torch.zeros((), dtype=torch.float64, device=task.device)
             for batch, (users, pos, neg) in enumerate(sampler.epoch(batch_size, device=task.device)):
                 if max_batches is not None and batch >= max_batches:
                     break
                 result.batches_run = batch + 1
                 loss = model.calculate_loss(users, pos, neg)
-                if not torch.isfinite(loss):
-                    raise TrainingFailure(f"non-finite training loss ({loss.item()}) at epoch {epoch}", epoch, result)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss.detach())
+                total += loss.detach()
+            total = float(total)
+            if not math.isfinite(total):
+                raise TrainingFailure(f"non-finite training loss ({total}) at epoch {epoch}", epoch, result)
             scheduler.step()
             result.train_seconds.append(time.perf_counter() - t0)
             result.epochs_run = epoch + 1

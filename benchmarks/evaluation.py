@@ -28,14 +28,19 @@ class ScoringError(RuntimeError):
     pass
 
 
-def csr_rows(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor):
-    """(position in ``rows``, column) pairs of the CSR rows ``rows``, without a Python loop."""
+def csr_rows(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, total: int | None = None):
+    """(position in ``rows``, column) pairs of the CSR rows ``rows``, without a Python loop.
+
+    ``total`` (the number of entries of those rows, when the caller knows it from a host copy
+    of ``indptr``) spares the device a read of the row lengths."""
     starts, stops = indptr[rows], indptr[rows + 1]
     lengths = stops - starts
-    pos = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), lengths)
-    offsets = torch.arange(int(lengths.sum()), device=rows.device) - \
-        torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
-    return pos, indices[torch.repeat_interleave(starts, lengths) + offsets]
+    if total is None:
+        total = int(lengths.sum())
+    pos = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), lengths, output_size=total)
+    offsets = torch.arange(total, device=rows.device) - \
+        torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths, output_size=total)
+    return pos, indices[torch.repeat_interleave(starts, lengths, output_size=total) + offsets]
 
 
 def rank_metrics(hits: torch.Tensor, n_pos: torch.Tensor, topk: list[int], metrics=METRICS) -> dict[str, torch.Tensor]:
@@ -68,7 +73,12 @@ def rank_metrics(hits: torch.Tensor, n_pos: torch.Tensor, topk: list[int], metri
 
 
 class Evaluator:
-    """Scores users in batches and computes ranking metrics against an EvalSet."""
+    """Scores users in batches and computes ranking metrics against an EvalSet.
+
+    Everything after scoring runs on the model's device (exclusion of training items, top-k,
+    hits and metrics); the index arrays go there once per device and evaluation set, and the
+    per-user vectors come back to the host once per pass. Row counts come from host copies of
+    the index pointers, so no batch waits for the device."""
 
     def __init__(self, task, topk=(10, 20, 50), metrics=("recall", "ndcg"), batch_size: int = 4096):
         self.task = task
@@ -79,17 +89,35 @@ class Evaluator:
             raise ValueError(f"unknown metric(s) {unknown}; known: {list(METRICS)}")
         self.batch_size = int(batch_size)
         r = task.train_matrix()
-        self.train_indptr = torch.from_numpy(r.indptr.astype(np.int64))
+        self.train_indptr_host = r.indptr.astype(np.int64)
+        self.train_indptr = torch.from_numpy(self.train_indptr_host)
         self.train_indices = torch.from_numpy(r.indices.astype(np.int64))
+        self._on_device: dict = {}  # (device, id of the eval set or None for train) -> (set, tensors there)
+
+    def _tensors(self, device: torch.device, eval_set: EvalSet | None):
+        key = (str(device), None if eval_set is None else id(eval_set))
+        held = self._on_device.get(key)
+        if held is None or held[0] is not eval_set:  # the set itself is kept: an id is reused only after it is gone
+            if eval_set is None:
+                tensors = (self.train_indptr.to(device), self.train_indices.to(device))
+            else:
+                tensors = tuple(torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
+                                for a in (eval_set.users, eval_set.indptr, eval_set.items))
+            held = self._on_device[key] = (eval_set, tensors)
+        return held[1]
 
     def evaluate(self, model, eval_set: EvalSet) -> tuple[dict[str, float], dict[str, np.ndarray], float]:
         """Mean metrics, per-user metric vectors (in ``eval_set.users`` order) and seconds taken."""
         start = time.perf_counter()
         k_max = max(self.topk)
         n_items = self.task.n_items
-        gt_indptr = torch.from_numpy(eval_set.indptr)
-        gt_items = torch.from_numpy(eval_set.items)
+        device = torch.device(model.device)
+        train_indptr, train_indices = self._tensors(device, None)
+        all_users, gt_indptr, gt_items = self._tensors(device, eval_set)
+        users_host, gt_indptr_host = eval_set.users, eval_set.indptr
+        train_counts_host = np.diff(self.train_indptr_host)
         per_user: dict[str, list[torch.Tensor]] = {}
+        nan_seen = torch.zeros((), dtype=torch.bool, device=device)
         was_training = model.training
         model.eval()
         try:
@@ -97,20 +125,23 @@ class Evaluator:
                 model.begin_scoring()
                 for lo in range(0, len(eval_set.users), self.batch_size):
                     hi = min(len(eval_set.users), lo + self.batch_size)
-                    users = torch.from_numpy(eval_set.users[lo:hi])
-                    scores = model.full_sort_predict(users.to(model.device))
+                    users = all_users[lo:hi]
+                    scores = model.full_sort_predict(users)
                     if scores.shape != (hi - lo, n_items):
                         raise ScoringError(f"{type(model).__name__}.full_sort_predict returned shape "
                                            f"{tuple(scores.shape)}, expected {(hi - lo, n_items)}")
-                    scores = scores.detach().to("cpu", torch.float32).clone()
-                    if torch.isnan(scores).any():
-                        raise ScoringError(f"{type(model).__name__} produced NaN scores")
-                    tp, ti = csr_rows(self.train_indptr, self.train_indices, users)
+                    if scores.device != device:
+                        scores = scores.to(device)
+                    scores = scores.detach().to(torch.float32, copy=True)  # masked in place below
+                    nan_seen |= torch.isnan(scores).any()  # read once, after the pass
+                    tp, ti = csr_rows(train_indptr, train_indices, users,
+                                      total=int(train_counts_host[users_host[lo:hi]].sum()))
                     scores[tp, ti] = EXCLUDED_SCORE
                     top = torch.topk(scores, min(k_max, n_items), dim=1).indices
-                    gp, gi = csr_rows(gt_indptr, gt_items, torch.arange(lo, hi))
+                    gp, gi = csr_rows(gt_indptr, gt_items, torch.arange(lo, hi, device=device),
+                                      total=int(gt_indptr_host[hi] - gt_indptr_host[lo]))
                     gt_keys = gp * n_items + gi
-                    top_keys = torch.arange(hi - lo).unsqueeze(1) * n_items + top
+                    top_keys = torch.arange(hi - lo, device=device).unsqueeze(1) * n_items + top
                     hits = torch.isin(top_keys, gt_keys)
                     n_pos = gt_indptr[lo + 1:hi + 1] - gt_indptr[lo:hi]
                     for name, v in rank_metrics(hits, n_pos, self.topk, self.metrics).items():
@@ -118,6 +149,8 @@ class Evaluator:
                 model.end_scoring()
         finally:
             model.train(was_training)
-        vectors = {k: torch.cat(v).numpy() for k, v in per_user.items()}
+        if bool(nan_seen):
+            raise ScoringError(f"{type(model).__name__} produced NaN scores")
+        vectors = {k: torch.cat(v).cpu().numpy() for k, v in per_user.items()}
         means = {k: float(v.mean()) if len(v) else 0.0 for k, v in vectors.items()}
         return means, vectors, time.perf_counter() - start

@@ -173,6 +173,23 @@ def pick_device(name) -> torch.device:
     return dev
 
 
+def check_device_memory(model, device: torch.device) -> None:
+    """Refuse a job up front on a GPU that cannot hold even its model: what is allocated once the
+    task and model are built, plus a gradient and Adam's two moments per trainable parameter, is a
+    lower bound of the training peak (activations come on top); a shortfall is a MemoryError that
+    names both figures, before the first batch."""
+    if device.type != "cuda":
+        return
+    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    need = torch.cuda.memory_allocated(device) + 3 * params
+    total = torch.cuda.get_device_properties(device).total_memory
+    if need > total:
+        gib = 2 ** 30
+        raise MemoryError(f"{type(model).__name__} needs at least {need / gib:.1f} GiB on {device} (model, data "
+                          f"and graphs {torch.cuda.memory_allocated(device) / gib:.1f} GiB, gradients and Adam "
+                          f"state {3 * params / gib:.1f} GiB), the device has {total / gib:.1f} GiB")
+
+
 # --------------------------------------------------------------------------- the job
 
 def run_job(spec: dict, on_epoch=None) -> dict:
@@ -199,6 +216,8 @@ def run_job(spec: dict, on_epoch=None) -> dict:
             device = pick_device(cfg.get("device"))
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+                # Full float32 products unless the job asks for TF32 (set per job: a worker runs many)
+                torch.backends.cuda.matmul.allow_tf32 = bool(cfg.get("cuda_tf32"))
             rng = seed_everything(int(spec["seed"]), bool(cfg.get("deterministic")))
             record["environment"] = environment(device)  # the threads the job really runs on
             dataset = load_dataset(DatasetRef(**spec["dataset_ref"]))
@@ -208,6 +227,7 @@ def run_job(spec: dict, on_epoch=None) -> dict:
             t0 = time.perf_counter()
             task = protocol.build_task(dataset, cfg, entry.cls, spec["missing_ratio"], device, cache)
             model = entry.cls(cfg, task).to(device)
+            check_device_memory(model, device)
             record["setup_seconds"] = round(time.perf_counter() - t0, 3)
             record["n_parameters"] = int(sum(p.numel() for p in model.parameters()))
             result = train_and_evaluate(model, task, cfg, rng, progress=on_epoch,

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from benchmarks.fidelity import official_setting
 from data_prep.errors import DataError
 
 _EPOCH = re.compile(r"epoch (\d+) training \[time: ([\d.]+)s, train loss: ([-\d.eE+na]+)\]")
+_EVAL = re.compile(r"epoch (\d+) evaluating \[time: ([\d.]+)s")
 _METRIC = re.compile(r"([a-z]+@\d+): ([-\d.]+)")
 _DEVICE = 'torch.device("cuda" if torch.cuda.is_available() else "cpu")'
 # Only the names the official code imports at module level: the raw-image paths that use them
@@ -64,7 +66,7 @@ def _metrics(line: str) -> dict[str, float]:
 def parse_log(text: str) -> dict:
     """Curve, best epoch and best valid/test metrics of one single-setting official run log."""
     lines = text.splitlines()
-    curve, current = [], None
+    curve, current, evals = [], None, []
     best_epoch = None
     final_valid = final_test = None
     for i, line in enumerate(lines):
@@ -72,6 +74,10 @@ def parse_log(text: str) -> dict:
         if m:
             current = {"epoch": int(m.group(1)), "train_loss": float(m.group(3)), "seconds": float(m.group(2))}
             curve.append(current)
+            continue
+        m = _EVAL.search(line)
+        if m:
+            evals.append(float(m.group(2)))
             continue
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
         if line.rstrip().endswith("INFO valid result:") and current is not None:
@@ -86,11 +92,15 @@ def parse_log(text: str) -> dict:
             final_test = _metrics(line)
     if not curve or final_test is None:
         raise ValueError("the log holds no finished run (no epoch lines or no final test result)")
+    seconds = [c["seconds"] for c in curve]
     return {
         "best_epoch": best_epoch,
         "valid": final_valid,
         "test": final_test,
-        "train_seconds_per_epoch": round(sum(c["seconds"] for c in curve) / len(curve), 2),
+        "train_seconds_per_epoch": round(sum(seconds) / len(seconds), 2),
+        # as ours (engine.TrainResult): the median over the epochs, which leaves out a slow first epoch
+        "train_seconds_per_epoch_median": round(float(statistics.median(seconds)), 3),
+        "valid_eval_seconds": round(sum(evals) / len(evals), 3) if evals else None,
         "curve": [{"epoch": c["epoch"], "train_loss": c["train_loss"],
                    "valid_recall@20": c.get("valid", {}).get("recall@20"),
                    "test_recall@20": c.get("test", {}).get("recall@20"),
@@ -134,21 +144,61 @@ def workspace(official_src: Path, data_dir: Path, dataset: str) -> Path:
     return root
 
 
+# Runs the official main.py in its own process and, when the process ends, writes its peak
+# memory (resident, and CUDA's max_memory_allocated when CUDA was used) to $OFFICIAL_PEAK_FILE.
+_LAUNCHER = """import atexit, json, os, resource, runpy, sys
+
+
+def _peak():
+    rec = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        rec["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+        rec["gpu"] = torch.cuda.get_device_name()
+    with open(os.environ["OFFICIAL_PEAK_FILE"], "w") as f:
+        json.dump(rec, f)
+
+
+atexit.register(_peak)
+sys.argv = ["main.py"] + sys.argv[1:]
+runpy.run_path("main.py", run_name="__main__")
+"""
+
+
+def gpu_arg(device: str | None) -> str:
+    """The official ``--gpu_id``: its configurator sets CUDA_VISIBLE_DEVICES to it (the default
+    '1' hides the only GPU of a one-GPU machine, so the run silently goes to the CPU); '' hides
+    every GPU (a CPU run)."""
+    dev = str(device or "auto")
+    if dev == "cpu":
+        return ""
+    if dev.startswith("cuda:"):
+        return dev.split(":", 1)[1]
+    import torch
+    return "0" if torch.cuda.is_available() else ""
+
+
 def run_one(official_src: Path, data_dir: Path, model: str, seed: int, override: dict,
-            timeout: float | None = None) -> dict:
-    """Run the official code for one model and seed; the parsed record (``status`` ok or failed)."""
-    root = workspace(official_src, data_dir, "tiktok")
+            timeout: float | None = None, dataset: str = "tiktok", device: str | None = None) -> dict:
+    """Run the official code for one model and seed on ``dataset`` (the folder ``data_dir``) on
+    ``device`` (auto: the first GPU when one is visible); the parsed record (``status`` ok or
+    failed), with the process's peak memory."""
+    root = workspace(official_src, data_dir, dataset)
+    (root / "src" / "_peak_launcher.py").write_text(_LAUNCHER)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / "stubs"), env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "main.py", "-m", model, "-d", "tiktok", "--seed", f"[{seed}]",
-           "--config_override", json.dumps(override)]
+    env["OFFICIAL_PEAK_FILE"] = str(root / "peak.json")
+    cmd = [sys.executable, "_peak_launcher.py", "-m", model, "-d", dataset, "-g", gpu_arg(device),
+           "--seed", f"[{seed}]", "--config_override", json.dumps(override)]
     started = time.time()
-    record = {"model": model, "dataset": "tiktok", "protocol": "missing", "seed": seed,
+    record = {"model": model, "dataset": dataset, "protocol": "missing", "seed": seed,
               "epochs": override.get("epochs"), "config_override": override,
               "source": "official code run by benchmarks.official_runs", "status": "failed"}
     try:
         proc = subprocess.run(cmd, cwd=root / "src", env=env, capture_output=True, text=True, timeout=timeout)
         logs = sorted((root / "src" / "log").rglob("*.log"))
+        if (root / "peak.json").is_file():
+            record.update(json.loads((root / "peak.json").read_text()))
         if proc.returncode != 0 or not logs:
             record["error"] = f"exit code {proc.returncode}: {proc.stderr.strip()[-1500:]}"
         else:
@@ -162,6 +212,45 @@ def run_one(official_src: Path, data_dir: Path, model: str, seed: int, override:
         shutil.rmtree(root, ignore_errors=True)
     record["wall_seconds"] = round(time.time() - started, 1)
     return record
+
+
+def _official_yaml(path: Path) -> dict:
+    """An official model YAML (its loader reads ``1e-04`` as a number; PyYAML's safe loader does not)."""
+    import yaml
+
+    def number(v):
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                return v
+        return [number(x) for x in v] if isinstance(v, list) else v
+    doc = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return {k: number(v) for k, v in (doc or {}).items()}
+
+
+def official_override(official_src: Path, model: str, dataset: str, ours: dict, epochs: int) -> dict:
+    """The official settings for a timing run of ``model`` on ``dataset`` with the setting ours
+    trains: the official best file (``configs/best/<model>_<dataset>.json``) with every
+    hyper-parameter (a grid in the official code) pinned to our value where we have the key,
+    else to its first official value, so one official run trains exactly one setting; ``epochs``
+    epochs, validation every epoch and no early stop, as the cost benchmark runs ours."""
+    src = Path(official_src)
+    best_file = src / "configs" / "best" / f"{model}_{dataset}.json"
+    override = json.loads(best_file.read_text()) if best_file.is_file() else {}
+    spec = _official_yaml(src / "configs" / "model" / f"{model}.yaml")
+    keys = [k for k in spec.get("hyper_parameters", []) if k not in ("seed", "missing_imputation")]
+    for k in keys:  # grid keys: the official code iterates over a list of values
+        if k in ours:
+            override[k] = [ours[k]]
+        else:
+            v = override.get(k, spec.get(k))
+            override[k] = v[:1] if isinstance(v, list) else [v]
+    for k in override:  # plain settings keep their form (DGMRec's n_mm_layers is one number)
+        if k not in keys and k in ours:
+            override[k] = ours[k]
+    override.update(epochs=int(epochs), eval_step=1, stopping_step=10 ** 6)
+    return override
 
 
 def merge(path: Path, new: list[dict]) -> list[dict]:

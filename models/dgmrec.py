@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import knn_graph, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency
-from models.losses import bpr_loss, emb_norm, info_nce_indexed as nce
+from models.graphs import built_on, knn_graph, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency
+from models.losses import bpr_loss, distinct, emb_norm, info_nce_indexed as nce
 from models.registry import register
 
 EVAL_GRAPHS = ("initial", "refreshed")
@@ -302,18 +302,18 @@ class DGMRec(Recommender):
     # ------------------------------------------------------------------ graphs
     def _masked_graph(self, task, m) -> sp.csr_matrix:
         miss = self.missing_np[m]
-        x = self.feat[m].detach().cpu()
+        x = self.feat[m].detach()  # on the model's device: the kNN products run there
 
         def build():
             return knn_graph(x, self.knn_k, isolate_after=miss if miss.any() else None)
 
-        g = task.cached("dgmrec_knn", {"k": self.knn_k, "modality": m, "isolate_after": "missing"},
+        g = task.cached("dgmrec_knn", {"k": self.knn_k, "modality": m, "isolate_after": "missing", **built_on(x)},
                         (f"features:{m}", "missing"), build)
         return sp.csr_matrix(g, dtype=np.float32, copy=True)
 
     def _new_item_train_graph(self, task, m) -> sp.csr_matrix:
         miss = self.missing_np[m]
-        x = self.feat[m].detach().cpu()
+        x = self.feat[m].detach()
         with_mask = self.fix["fix_new_item_train_graph_mask"] and miss.any()
 
         def build():
@@ -322,7 +322,8 @@ class DGMRec(Recommender):
 
         inputs = (f"features:{m}", "new_items") + (("missing",) if with_mask else ())
         g = task.cached("dgmrec_knn", {"k": self.knn_k, "modality": m, "isolate_before": "new_items",
-                                       "isolate_after": "missing" if with_mask else None}, inputs, build)
+                                       "isolate_after": "missing" if with_mask else None, **built_on(x)},
+                       inputs, build)
         return sp.csr_matrix(g, dtype=np.float32, copy=True)
 
     def _torch_pair(self, g: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,7 +343,7 @@ class DGMRec(Recommender):
         for m in self.mods:
             if not rows[m].any():
                 continue
-            rebuilt = knn_graph(self.feat[m].detach().cpu(), self.knn_k)
+            rebuilt = knn_graph(self.feat[m].detach(), self.knn_k)  # on the model's device
             store_sp[m] = blend_rows(store_sp[m], rebuilt, rows[m], self.avg_lambda)
             store[m] = self._torch_pair(store_sp[m])
 
@@ -414,10 +415,13 @@ class DGMRec(Recommender):
             obs = {m: batch_items for m in self.mods}
             complete = batch_items
         zero = h_u.new_zeros(())
+        # the distinct ids of the batch, once for every InfoNCE term that uses them
+        users_d, pos_d = distinct(users), distinct(pos)
         terms = {}
         pairs = [(self.mods[i], self.mods[(i + 1) % self.n_mod]) for i in range(self.n_mod if self.n_mod > 2 else 1)]
         if self.w["interModal"] != 0:
-            terms["interModal"] = sum(nce(g[a], complete, g[b], complete, self.t_inter) for a, b in pairs)
+            complete_d = distinct(complete)
+            terms["interModal"] = sum(nce(g[a], complete_d, g[b], complete_d, self.t_inter) for a, b in pairs)
 
         gbar, sbar, gu, su = self.modal_embeddings(self.graph, g, s, f)
 
@@ -434,20 +438,20 @@ class DGMRec(Recommender):
         if self.w["sampler"] != 0:
             terms["sampler"] = sum(self.club[m](sbar[m], gbar[m]) for m in self.club_mods)
         if self.w["interModal"] != 0:
-            terms["interModal"] = terms["interModal"] + nce(gu["v"], users, gu["t"], users, self.t_inter)
+            terms["interModal"] = terms["interModal"] + nce(gu["v"], users_d, gu["t"], users_d, self.t_inter)
 
         gu_sum = sum(gu[m] for m in self.mods)
         gi_sum = sum(gbar[m] for m in self.mods)
         # InfoNCE over the batch rows (duplicates kept), evaluated on distinct ids (losses.info_nce_indexed)
-        intra = nce(h_u, users, h_i, pos, self.t_intra)
-        intra = intra + nce(gu_sum, users, gi_sum, pos, self.t_inter)
+        intra = nce(h_u, users_d, h_i, pos_d, self.t_intra)
+        intra = intra + nce(gu_sum, users_d, gi_sum, pos_d, self.t_inter)
         for m in self.mods:
             if m == "a" and not self.fix["fix_audio_intra"]:
-                intra = intra + nce(gu[m], users, gbar[m], pos, self.t_intra)  # reference: general audio
+                intra = intra + nce(gu[m], users_d, gbar[m], pos_d, self.t_intra)  # reference: general audio
             else:
-                intra = intra + nce(su[m], users, sbar[m], pos, self.t_intra)
+                intra = intra + nce(su[m], users_d, sbar[m], pos_d, self.t_intra)
         terms["intraModal"] = intra
-        terms["alignBM"] = nce(h_i, pos, gi_sum, pos, self.t_bm) + nce(h_u, users, gu_sum, users, self.t_bm)
+        terms["alignBM"] = nce(h_i, pos_d, gi_sum, pos_d, self.t_bm) + nce(h_u, users_d, gu_sum, users_d, self.t_bm)
 
         z_u = self.fuse(h_u, gu, su)
         z_i = self.fuse(h_i, gbar, sbar)

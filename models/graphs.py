@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -94,37 +95,40 @@ def knn_graph(x: torch.Tensor | np.ndarray, k: int, *, isolate_before: np.ndarra
     mask). Normalisation uses row sums on both sides, as the reference does; an empty row
     stays empty.
     """
-    x = torch.as_tensor(x, dtype=torch.float32)
+    x = torch.as_tensor(x, dtype=torch.float32)  # a tensor stays on its device: the products run there
+    dev = x.device
     n = x.shape[0]
     k = min(k, n)
     xn = F.normalize(x, dim=1)
-    before = torch.as_tensor(isolate_before, dtype=torch.bool) if isolate_before is not None else None
-    after = torch.as_tensor(isolate_after, dtype=torch.bool) if isolate_after is not None else None
+    before = torch.as_tensor(isolate_before, dtype=torch.bool, device=dev) \
+        if isolate_before is not None and np.any(isolate_before) else None
+    after = torch.as_tensor(isolate_after, dtype=torch.bool, device=dev) \
+        if isolate_after is not None and np.any(isolate_after) else None
     chunk = chunk_rows or max(1, min(n, KNN_CHUNK_BYTES // (4 * max(n, 1))))
     rows, cols, vals = [], [], []
     with torch.no_grad():
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             sim = xn[start:stop] @ xn.T
-            if before is not None and before.any():
+            if before is not None:
                 sim[:, before] = 0.0
                 sim[before[start:stop]] = 0.0
                 local = torch.nonzero(before[start:stop]).squeeze(1)
                 sim[local, local + start] = 1.0
             v, idx = torch.topk(sim, k, dim=1)
-            r = torch.arange(start, stop).unsqueeze(1).expand(-1, k)
+            r = torch.arange(start, stop, device=dev).unsqueeze(1).expand(-1, k)
             rows.append(r.reshape(-1))
             cols.append(idx.reshape(-1))
             vals.append(v.reshape(-1))
     rows, cols, vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
-    if after is not None and after.any():
+    if after is not None:
         keep = ~(after[rows] | after[cols])
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
         iso = torch.nonzero(after).squeeze(1)
         rows, cols = torch.cat([rows, iso]), torch.cat([cols, iso])
-        vals = torch.cat([vals, torch.ones(len(iso))])
+        vals = torch.cat([vals, torch.ones(len(iso), device=dev)])
     keep = vals != 0  # zero weights (masked columns picked by top-k) carry nothing
-    g = sp.csr_matrix((vals[keep].numpy(), (rows[keep].numpy(), cols[keep].numpy())), shape=(n, n))
+    g = sp.csr_matrix((vals[keep].cpu().numpy(), (rows[keep].cpu().numpy(), cols[keep].cpu().numpy())), shape=(n, n))
     g.sum_duplicates()
     if not normalize:
         return g
@@ -312,12 +316,14 @@ def denoised_knn_graphs(xs: list, k: int, *, norm_eps: float = 0.0, isolate: lis
     k = min(k, n)
     xn = []
     for x in xs:
-        x = torch.as_tensor(x, dtype=torch.float32)
+        x = torch.as_tensor(x, dtype=torch.float32)  # a tensor stays on its device: the products run there
         norm = x.norm(dim=1, keepdim=True) + norm_eps
         xn.append(x / norm.clamp_min(1e-12))
+    dev = xn[0].device
     means = [float((v.sum(0) @ v.sum(0)) / (n * n)) for v in xn]
-    isolate = [None if a is None else torch.as_tensor(a, dtype=torch.bool) for a in (isolate or [None] * len(xs))]
-    excl = torch.as_tensor(exclude, dtype=torch.bool) if exclude is not None and np.any(exclude) else None
+    isolate = [None if a is None or not np.any(a) else torch.as_tensor(a, dtype=torch.bool, device=dev)
+               for a in (isolate or [None] * len(xs))]
+    excl = torch.as_tensor(exclude, dtype=torch.bool, device=dev) if exclude is not None and np.any(exclude) else None
     chunk = chunk_rows or max(1, min(n, KNN_CHUNK_BYTES // (4 * max(n, 1) * (len(xs) + 1))))
     parts = [([], []) for _ in xs]
     with torch.no_grad():
@@ -327,11 +333,11 @@ def denoised_knn_graphs(xs: list, k: int, *, norm_eps: float = 0.0, isolate: lis
             keep = torch.ones_like(sims[0], dtype=torch.bool)
             for s, mu in zip(sims, means):
                 keep &= s >= mu
-            local = torch.arange(stop - start)
+            local = torch.arange(stop - start, device=dev)
             for m, s in enumerate(sims):
                 s.mul_(keep)
                 for flags in (isolate[m], excl):
-                    if flags is None or not flags.any():
+                    if flags is None:
                         continue
                     s[:, flags] = 0.0
                     s[flags[start:stop]] = 0.0
@@ -339,13 +345,13 @@ def denoised_knn_graphs(xs: list, k: int, *, norm_eps: float = 0.0, isolate: lis
                     s[sel, sel + start] = 1.0
                 count = (s != 0).sum(1)
                 _, idx = torch.topk(s, k, dim=1)
-                take = torch.arange(k).unsqueeze(0) < count.unsqueeze(1)
+                take = torch.arange(k, device=dev).unsqueeze(0) < count.unsqueeze(1)
                 r = (local + start).unsqueeze(1).expand(-1, k)
                 parts[m][0].append(r[take])
                 parts[m][1].append(idx[take])
     out = []
     for rows, cols in parts:
-        rows, cols = torch.cat(rows).numpy(), torch.cat(cols).numpy()
+        rows, cols = torch.cat(rows).cpu().numpy(), torch.cat(cols).cpu().numpy()
         out.append(sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, n)))
     return out
 
@@ -451,6 +457,7 @@ class EdgeDropper:
         deg_u = torch.bincount(self.users, minlength=self.n_users).float() + 1e-7
         deg_i = torch.bincount(self.items, minlength=self.n_items).float() + 1e-7
         self.weights = deg_u[self.users].rsqrt() * deg_i[self.items].rsqrt()
+        self._item_rank = None
 
     @property
     def n_edges(self) -> int:
@@ -462,18 +469,26 @@ class EdgeDropper:
         if weighted:
             keys = keys / self.weights
         chosen = torch.topk(keys, keep, largest=False, sorted=False).indices
-        mask = torch.zeros(self.n_edges, dtype=torch.bool, device=self.device)
-        mask[chosen] = True
-        return self.adjacency(mask)
+        return self.adjacency_of(chosen)
 
     def adjacency(self, mask: torch.Tensor) -> torch.Tensor:
         """Symmetric normalised adjacency of the edges flagged in ``mask`` (edge order of ``users``/``items``)."""
-        u, i = self.users[mask], self.items[mask]
-        du = torch.bincount(u, minlength=self.n_users).float()
-        di = torch.bincount(i, minlength=self.n_items).float()
+        return self.adjacency_of(torch.nonzero(mask).squeeze(1))
+
+    def adjacency_of(self, kept: torch.Tensor) -> torch.Tensor:
+        """``adjacency`` of the distinct edge ids ``kept`` (any order). Sizes come from ``len(kept)``,
+        never from values, so a view is built on an accelerator without the host waiting for it."""
+        if self._item_rank is None:  # position of each edge in item-major order
+            self._item_rank = torch.empty_like(self.by_item)
+            self._item_rank[self.by_item] = torch.arange(self.n_edges, device=self.device)
+        kept = torch.sort(kept).values                                 # user-major, as a mask selects
+        kept_by_item = self.by_item[torch.sort(self._item_rank[kept]).values]  # the same edges, item-major
+        u, i = self.users[kept], self.items[kept]
+        ones = torch.ones(len(kept), device=self.device)
+        du = torch.zeros(self.n_users, device=self.device).index_add_(0, u, ones)  # exact integer counts
+        di = torch.zeros(self.n_items, device=self.device).index_add_(0, i, ones)
         inv_u, inv_i = (du + 1e-7).rsqrt(), (di + 1e-7).rsqrt()
-        m2 = mask[self.by_item]
-        iu, ii = self.users[self.by_item][m2], self.items[self.by_item][m2]
+        iu, ii = self.users[kept_by_item], self.items[kept_by_item]
         counts = torch.cat([du, di]).long()
         crow = torch.zeros(len(counts) + 1, dtype=torch.int64, device=self.device)
         crow[1:] = torch.cumsum(counts, 0)
@@ -563,6 +578,28 @@ def sinkhorn_transport(y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: f
 KNN_MASKS = ("none", "before", "after", "new_items")
 
 
+_KEYS_BY_DEVICE = [True]
+
+
+def built_on(x: torch.Tensor) -> dict:
+    """Cache-key parameters for a graph built from ``x`` where ``x`` lives: an accelerator's
+    products round differently from the CPU's, which can flip a near-tie of the top-k, so graphs
+    built there are kept apart from (and never replace) the CPU-built ones."""
+    return {} if x.device.type == "cpu" or not _KEYS_BY_DEVICE[0] else {"built_on": x.device.type}
+
+
+@contextlib.contextmanager
+def device_built_graphs_keyed_as_cpu():
+    """Within: graphs built off the CPU take the CPU's cache keys, so that a CPU and a device task
+    sharing one cache get the same graphs (``benchmarks.device_compare``: the same inputs on both
+    sides; the device-built graphs are compared on their own)."""
+    _KEYS_BY_DEVICE[0] = False
+    try:
+        yield
+    finally:
+        _KEYS_BY_DEVICE[0] = True
+
+
 def cached_knn_graph(task, modality: str, k: int, mask: str = "none") -> sp.csr_matrix:
     """G8 (normalised feature kNN graph) of ``task.features[modality]``, cached by content.
 
@@ -577,8 +614,9 @@ def cached_knn_graph(task, modality: str, k: int, mask: str = "none") -> sp.csr_
     inputs = (f"features:{modality}",) + {"none": (), "before": ("missing",), "after": ("missing",),
                                           "new_items": ("new_items",)}[mask]
 
+    x = task.features[modality].detach()  # built on the task's device: a GPU ranks all pairs in a fraction of the time
+
     def build():
-        x = task.features[modality].detach().cpu()
         if mask == "before":
             return knn_graph(x, k, isolate_before=task.missing[modality])
         if mask == "after":
@@ -587,7 +625,7 @@ def cached_knn_graph(task, modality: str, k: int, mask: str = "none") -> sp.csr_
             return drop_items(knn_graph(x, k, isolate_before=task.new_items), task.new_items)
         return knn_graph(x, k)
 
-    return task.cached("knn_graph", {"modality": modality, "k": int(k), "mask": mask}, inputs, build)
+    return task.cached("knn_graph", {"modality": modality, "k": int(k), "mask": mask, **built_on(x)}, inputs, build)
 
 
 class _EdgeSpmm(torch.autograd.Function):

@@ -1,6 +1,8 @@
 """Loss building blocks shared by every model (spec names in brackets)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -153,7 +155,25 @@ def bernoulli_kl(logit_p: torch.Tensor, logit_q: torch.Tensor) -> torch.Tensor:
     return p * (lp - lq) + (1.0 - p) * (lnp - lnq)
 
 
-def info_nce_indexed(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: torch.Tensor,
+class Distinct(NamedTuple):
+    """The distinct values of an id tensor, as ``torch.unique(ids, return_inverse=True,
+    return_counts=True)`` gives them. A batch's users and items enter several loss terms;
+    computing this once per batch instead of once per term saves work, and on an accelerator
+    a host wait each (``unique`` sizes its output by the values)."""
+    ids: torch.Tensor
+    uniq: torch.Tensor
+    inverse: torch.Tensor
+    counts: torch.Tensor
+
+
+def distinct(ids: "torch.Tensor | Distinct") -> Distinct:
+    if isinstance(ids, Distinct):
+        return ids
+    uniq, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+    return Distinct(ids, uniq, inverse, counts)
+
+
+def info_nce_indexed(a: torch.Tensor, ia: "torch.Tensor | Distinct", b: torch.Tensor, ib: "torch.Tensor | Distinct",
                      temperature: float) -> torch.Tensor:
     """``info_nce(a[ia], b[ib], temperature)`` (eps = 0) computed on the distinct rows.
 
@@ -163,8 +183,8 @@ def info_nce_indexed(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: tor
     distinct(ib) instead of len(ia)², with the same value and gradients as the reference's
     form (duplicates are kept as duplicates, only not recomputed).
     """
-    ua, inv_a, cnt_a = torch.unique(ia, return_inverse=True, return_counts=True)
-    ub, inv_b, cnt_b = torch.unique(ib, return_inverse=True, return_counts=True)
+    ia, ua, inv_a, cnt_a = distinct(ia)
+    _, ub, inv_b, cnt_b = distinct(ib)
     an = F.normalize(a[ua], dim=1) / temperature
     bn = F.normalize(b[ub], dim=1)
     logits = an @ bn.T + torch.log(cnt_b.to(an.dtype)).unsqueeze(0)
@@ -256,14 +276,14 @@ def nce_over_candidates(a: torch.Tensor, candidates: torch.Tensor, labels: torch
     return (w * (row_logsumexp(an, cn) - (an * cn[labels]).sum(1))).sum()
 
 
-def batch_info_nce(x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+def batch_info_nce(x: torch.Tensor, y: torch.Tensor, ids: "torch.Tensor | Distinct", temperature: float) -> torch.Tensor:
     """``info_nce(x[ids], y[ids], temperature)`` (eps = 0) on the distinct ids, in row chunks.
 
     Rows with the same id are identical, so row r's denominator Σ_j exp(x̂_r·ŷ_{ids_j}/τ) is
     Σ_q c_q exp(x̂_r·ŷ_q/τ) over the distinct ids q with multiplicities c_q, and equal rows share
     it: a distinct × distinct problem with the same value and gradients (MGCN / GUME batch NCE).
     """
-    uniq, counts = torch.unique(ids, return_counts=True)
+    ids, uniq, _, counts = distinct(ids)
     xn = F.normalize(x[uniq], dim=1) / temperature
     yn = F.normalize(y[uniq], dim=1)
     w = counts.to(xn.dtype)

@@ -132,3 +132,19 @@ def test_worker_threads_respects_omp_num_threads(monkeypatch):
         monkeypatch.setenv("OMP_NUM_THREADS", bad)
         with pytest.raises(ValueError, match="OMP_NUM_THREADS must be a positive integer"):
             worker_threads(1)
+
+
+def test_a_job_that_cannot_fit_the_gpu_is_refused_before_training(monkeypatch):
+    """check_device_memory: built model and data plus gradients and Adam state against the device."""
+    from types import SimpleNamespace
+
+    from benchmarks.jobs import check_device_memory
+    model = torch.nn.Linear(1000, 1000)                     # 1,001,000 float32 parameters: 4.0 MB
+    gib = 2 ** 30
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 5 * gib)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=5 * gib + 2 * 10 ** 7))
+    check_device_memory(model, torch.device("cpu"))           # the CPU: nothing to check
+    check_device_memory(model, torch.device("cuda:0"))        # 5 GiB + 12 MB needed, 5 GiB + 20 MB there: fits
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=5 * gib + 10 ** 7))
+    with pytest.raises(MemoryError, match=r"Linear needs at least 5\.0 GiB on cuda:0 .* the device has 5\.0 GiB"):
+        check_device_memory(model, torch.device("cuda:0"))

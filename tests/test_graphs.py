@@ -110,3 +110,11 @@ def test_lightgcn_gradients_with_prepared_transpose():
     torch.testing.assert_close(grad, want)
     (wrong,) = torch.autograd.grad((lightgcn(adj, e0, 2) * w).sum(), e0)
     assert not torch.allclose(wrong, want)
+
+
+def test_graphs_built_off_the_cpu_are_cached_apart():
+    """A kNN graph is built where the features live; one built on an accelerator gets its own cache
+    key (its products round differently), and CPU-built keys are unchanged."""
+    from models.graphs import built_on
+    assert built_on(torch.zeros(2, 2)) == {}
+    assert built_on(torch.zeros(2, 2, device="meta")) == {"built_on": "meta"}

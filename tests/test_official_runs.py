@@ -44,6 +44,8 @@ def test_parse_log_reads_curve_best_epoch_and_final_metrics():
     assert [c["train_loss"] for c in rec["curve"]] == [182.6147, 142.5713, 100.7609]
     assert [c["test_ndcg@20"] for c in rec["curve"]] == [0.0014, 0.0243, 0.03]
     assert rec["curve"][2]["valid_recall@20"] == 0.05
+    assert rec["train_seconds_per_epoch_median"] == 2.0   # median of 2, 1, 3
+    assert rec["valid_eval_seconds"] == 0.8               # the one "evaluating [time: ...]" line
 
 
 def test_parse_log_refuses_an_unfinished_run():
@@ -110,12 +112,14 @@ def test_run_one_drives_a_checkout_on_linked_data(tmp_path):
         "assert os.path.isfile('../data/tiktok/tiktok.inter')\n"
         "args = sys.argv\n"
         "assert args[args.index('--seed') + 1] == '[42]'\n"
+        "assert args[args.index('-g') + 1] == ''\n"  # a CPU run hides every GPU from the official configurator
         "assert json.loads(args[args.index('--config_override') + 1]) == {'epochs': 3}\n"
         "os.makedirs('log/BM3', exist_ok=True)\n"
         f"open('log/BM3/run.log', 'w').write({LOG!r})\n")
-    rec = run_one(src, data, "BM3", 42, {"epochs": 3}, timeout=60)
+    rec = run_one(src, data, "BM3", 42, {"epochs": 3}, timeout=60, device="cpu")
     assert rec["status"] == "ok", rec.get("error")
     assert (rec["seed"], rec["best_epoch"], rec["test"]["ndcg@20"]) == (42, 1, 0.0243)
+    assert rec["peak_rss_mb"] > 0 and "peak_gpu_mb" not in rec   # read by the launcher at the process's exit
     assert not (src / "log").exists()                    # the checkout itself is left untouched
     (src / "main.py").write_text("raise SystemExit('boom')\n")
     failed = run_one(src, data, "BM3", 42, {"epochs": 3}, timeout=60)
@@ -143,3 +147,34 @@ def test_pinned_override_fixes_each_grid_key_to_the_official_setting():
     # seed and imputation are set per run, not pinned from the record
     assert pinned_override(rec) == {"epochs": 15, "reg_weight": [0.01], "learning_rate": [0.001]}
     assert pinned_override({"config_override": {"epochs": 15}}) == {"epochs": 15}
+
+
+def test_gpu_id_never_hides_the_gpu_it_should_use(monkeypatch):
+    """The official --gpu_id becomes CUDA_VISIBLE_DEVICES; its default '1' hides a one-GPU machine's GPU."""
+    import torch
+
+    from benchmarks.official_runs import gpu_arg
+    assert gpu_arg("cpu") == "" and gpu_arg("cuda:3") == "3"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert gpu_arg("cuda") == "0" and gpu_arg(None) == "0" and gpu_arg("auto") == "0"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_arg(None) == ""
+
+
+def test_official_override_pins_every_grid_key_to_our_setting(tmp_path):
+    from benchmarks.official_runs import official_override
+    (tmp_path / "configs" / "best").mkdir(parents=True)
+    (tmp_path / "configs" / "model").mkdir(parents=True)
+    (tmp_path / "configs" / "model" / "LightGCN.yaml").write_text(
+        "n_ui_layers: [3, 4]\nreg_weight: [1e-04, 1e-03]\nhyper_parameters: [n_ui_layers, reg_weight, missing_imputation]\n")
+    (tmp_path / "configs" / "best" / "LightGCN_baby.json").write_text('{"n_ui_layers": [2]}')
+    ours = {"n_ui_layers": 2, "embedding_size": 64}
+    out = official_override(tmp_path, "LightGCN", "baby", ours, epochs=3)
+    # ours where we have the key, else the first official value (a number, as the official loader reads it)
+    assert out == {"n_ui_layers": [2], "reg_weight": [1e-4], "epochs": 3, "eval_step": 1, "stopping_step": 10 ** 6}
+    assert official_override(tmp_path, "LightGCN", "tiktok", {"reg_weight": 0.0}, 2)["n_ui_layers"] == [3]
+    # a setting that is not a grid key keeps its form (the official DGMRec reads n_mm_layers as a number)
+    (tmp_path / "configs" / "model" / "DGMRec.yaml").write_text("hyper_parameters: ['seed', 'missing_imputation']\n")
+    (tmp_path / "configs" / "best" / "DGMRec_tiktok.json").write_text('{"n_mm_layers": 2, "recon": 0.1}')
+    out = official_override(tmp_path, "DGMRec", "tiktok", {"n_mm_layers": 3}, 1)
+    assert out["n_mm_layers"] == 3 and out["recon"] == 0.1
