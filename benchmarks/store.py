@@ -4,7 +4,8 @@ Appends are atomic with respect to other writers (an exclusive ``flock`` around 
 ``write`` of a whole line, then ``fsync``), so parallel workers never interleave records and
 a killed writer leaves at most one incomplete last line. Readers skip such a line (and say
 so) instead of failing; the next append starts on a fresh line. Per-user test metric vectors
-go to ``<results-dir>/per_user/<job_id>.npz``.
+go to ``<results-dir>/per_user/<job_id>.npz``; the features a DGMRec job generated, when a job
+of another model imputes with them, to ``<results-dir>/generated/<job_id>.npz``.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS_FILE = "results.jsonl"
+GROUP_SEP = "__"  # per-user files: "<item group>__<metric>"; generated files: "<modality>__ids" / "__rows"
 
 
 class ResultStore:
@@ -25,6 +27,7 @@ class ResultStore:
         self.dir = Path(results_dir)
         self.path = self.dir / RESULTS_FILE
         self.per_user_dir = self.dir / "per_user"
+        self.generated_dir = self.dir / "generated"
 
     def append(self, record: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -70,23 +73,49 @@ class ResultStore:
                 done.add(rec["job_id"])
         return done
 
-    def save_per_user(self, job_id: str, users: np.ndarray, vectors: dict[str, np.ndarray]) -> str:
-        self.per_user_dir.mkdir(parents=True, exist_ok=True)
-        path = self.per_user_dir / f"{job_id}.npz"
-        fd, tmp = tempfile.mkstemp(dir=self.per_user_dir, suffix=".npz.tmp")
+    def save_per_user(self, job_id: str, users: np.ndarray, vectors: dict[str, np.ndarray], groups=None) -> str:
+        """``users`` and one vector per metric; with ``groups`` (``evaluation.GroupMetrics``) also
+        ``<group>__users`` and ``<group>__<metric>`` for every item group."""
+        arrays = {"users": users, **{k.replace("@", "_at_"): v for k, v in vectors.items()}}
+        for g, vec in (groups.vectors.items() if groups is not None else ()):
+            if len(groups.users[g]):
+                arrays[f"{g}{GROUP_SEP}users"] = groups.users[g]
+                arrays.update({f"{g}{GROUP_SEP}{k.replace('@', '_at_')}": v for k, v in vec.items()})
+        return self._save_npz(self.per_user_dir, job_id, arrays)
+
+    def load_per_user(self, job_id: str) -> dict[str, np.ndarray]:
+        with np.load(self.per_user_dir / f"{job_id}.npz") as z:
+            return {k.replace("_at_", "@"): z[k] for k in z.files}
+
+    def save_generated(self, job_id: str, generated: dict) -> str:
+        """The features a job generated, ``{modality: (item ids, rows)}`` (the ``generated`` imputation)."""
+        arrays = {}
+        for m, (ids, feats) in generated.items():
+            arrays[f"{m}{GROUP_SEP}ids"] = np.asarray(ids, dtype=np.int64)
+            arrays[f"{m}{GROUP_SEP}rows"] = np.asarray(feats, dtype=np.float32)
+        return self._save_npz(self.generated_dir, job_id, arrays)
+
+    def load_generated(self, job_id: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        with np.load(self.generated_dir / f"{job_id}.npz") as z:
+            mods = sorted({k.split(GROUP_SEP)[0] for k in z.files})
+            return {m: (z[f"{m}{GROUP_SEP}ids"], z[f"{m}{GROUP_SEP}rows"]) for m in mods}
+
+    def has_generated(self, job_id: str) -> bool:
+        return (self.generated_dir / f"{job_id}.npz").is_file()
+
+    def _save_npz(self, folder: Path, job_id: str, arrays: dict) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{job_id}.npz"
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
         os.close(fd)
         try:
             with open(tmp, "wb") as f:
-                np.savez_compressed(f, users=users, **{k.replace("@", "_at_"): v for k, v in vectors.items()})
+                np.savez_compressed(f, **arrays)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return str(path.relative_to(self.dir))
-
-    def load_per_user(self, job_id: str) -> dict[str, np.ndarray]:
-        with np.load(self.per_user_dir / f"{job_id}.npz") as z:
-            return {k.replace("_at_", "@"): z[k] for k in z.files}
 
 
 def _json_default(obj):
