@@ -40,11 +40,12 @@ from tabulate import tabulate
 
 from models.registry import GROUPS, PAPER_ORDER
 
+from . import report_axes
 from .store import ResultStore
 
-PROTOCOL_NAMES = ("missing", "new_items", "missing_level", "missing_ratio", "retrieval")
+PROTOCOL_NAMES = ("missing", "new_items", "missing_level", "missing_ratio", "retrieval", "imputation")
 JOB_PROTOCOL = {"missing": "missing", "new_items": "new_items", "missing_level": "missing",
-                "missing_ratio": "missing", "retrieval": "missing"}
+                "missing_ratio": "missing", "retrieval": "missing", "imputation": "missing"}
 TABLE_METRICS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50")
 LEVEL_METRICS = ("recall@20", "ndcg@20")
 SHORT = {"recall": "R", "ndcg": "N", "precision": "P", "map": "MAP"}
@@ -212,7 +213,8 @@ def data_caption(records: list[dict]) -> str:
             f" Schedule: at most {epochs[0]}–{epochs[-1]} epochs"
         sched += " (early stopping on validation)."
     text = (f"Data: {'; '.join(parts)}. Seeds: {', '.join(map(str, seeds))} ({n_txt}). "
-            f"{fixed_txt[0].upper() + fixed_txt[1:]}. Grid settings chosen by validation {'/'.join(vmetrics)}; "
+            f"{fixed_txt[0].upper() + fixed_txt[1:]}. {report_axes.axes_caption(records)} "
+            f"Grid settings chosen by validation {'/'.join(vmetrics)}; "
             f"test metrics at the best validation epoch.{sched}")
     if any(r.get("data_source") == "synthetic" for r in records):
         text += " SYNTHETIC REPLICA DATA: not comparable to the paper."
@@ -993,21 +995,35 @@ def write_report(records: list[dict], results_dir: str | Path, protocols=None, s
         from . import figures as fig_lib
     else:
         fig_lib = None
+    from . import report_groups, report_imputation, report_stats
+    every_record = records
+    records, axes_notes = report_axes.primary_records(records)  # one imputation/mechanism in the paper layouts
+    if set(protocols) - {"imputation"}:
+        notes.extend(axes_notes)
 
     for protocol in protocols:
         before = len(written)
         if protocol in ("missing", "new_items"):
             sec = _report_main(records, protocol, out, store, written, notes)
+            sec += report_stats.section(records, protocol, out, store, written)
         elif protocol == "missing_level":
             sec = _report_level(records, out, written, fig_lib)
         elif protocol == "missing_ratio":
             sec = _report_ratio(records, out, written, fig_lib)
+        elif protocol == "imputation":
+            sec = report_imputation.section(every_record, out, written, fig_lib)
         else:
             sec = _report_retrieval(records, out, written, notes)
         index.append(f"## {_SECTION_TITLES[protocol]}\n")
         index.extend(sec)
         if len(written) == before and not sec:
             index.append("No results for this protocol in this run.\n")
+        index.append("")
+
+    groups_sec = report_groups.section(records, protocols, out, written, fig_lib)
+    if groups_sec:
+        index.append("## Per-group results and exposure\n")
+        index.extend(groups_sec)
         index.append("")
 
     # cost over the records behind the requested tables
@@ -1062,7 +1078,8 @@ _SECTION_TITLES = {"missing": "Table 1: missing modalities (`missing`)",
                    "new_items": "Table 2: missing modalities and new items (`new_items`)",
                    "missing_level": "Missing-level analysis (`missing_level`)",
                    "missing_ratio": "Missing-ratio analysis (`missing_ratio`)",
-                   "retrieval": "Cross-modal retrieval (`retrieval`)"}
+                   "retrieval": "Cross-modal retrieval (`retrieval`)",
+                   "imputation": "Imputation methods (`imputation`)"}
 
 
 def _present_protocols(records: list[dict]) -> list[str]:
@@ -1079,6 +1096,9 @@ def _present_protocols(records: list[dict]) -> list[str]:
             out.append("missing_ratio")
         if any("retrieval" in (r.get("extra") or {}) for r in records):
             out.append("retrieval")
+        if len({report_axes.imputation_of(r) for r in records if r.get("protocol") == "missing"
+                and report_axes.uses_features(r)}) > 1:
+            out.append("imputation")
     return out
 
 
