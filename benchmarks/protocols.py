@@ -105,6 +105,18 @@ def per_modality_ratios(config: dict, modalities: tuple) -> dict[str, float]:
     return out
 
 
+def check_axes(dataset: Dataset, config: dict) -> None:
+    """Refuse a bad imputation, mechanism or imputation parameter at plan time, before any job runs."""
+    normalize_imputation(config.get("missing_imputation", "mean"))
+    if normalize_mechanism(config) == "per_modality":
+        per_modality_ratios(config, dataset.modalities)
+    try:
+        imp.ImputationParams.from_config(config)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+    imputation_sweep(config)
+
+
 def imputation_sweep(config: dict) -> list[str]:
     """The imputations the ``imputation`` protocol runs (``imputation_sweep``, default all)."""
     sweep = config.get("imputation_sweep") or list(IMPUTATIONS)

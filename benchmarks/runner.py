@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from . import registry_entry
 from .config import check_sets, expand_grid, resolve
 from .jobs import PAPER_DATASETS, DatasetRef, code_version, job_id, load_dataset, resolve_dataset, run_job, spec_dict
-from .protocols import GENERATOR_MODEL, get_protocol
+from .protocols import GENERATOR_MODEL, check_axes, get_protocol
 from .store import ResultStore
 
 PAPER_SEEDS = (999, 42, 2023, 2024, 2025)
@@ -95,6 +95,7 @@ def plan(opts: RunOptions) -> Plan:
                 base = resolve(entry, ref.kind, opts.sets, d["quick"])
                 for variant in proto.variants(ds, base, entry.cls):
                     cfg = dict(base, **variant)
+                    check_axes(ds, cfg)
                     for ratio in proto.ratios(ds, cfg):
                         for seed in seeds:
                             if cfg.get("missing_imputation") != "generated":

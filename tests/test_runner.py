@@ -136,6 +136,10 @@ def test_unknown_model_and_bad_flags():
         check_sets({"epochz": 3}, [get("LightGCN")])
     assert run_all.main(["--models", "Nope", "--no-progress"]) == 2
     assert run_all.main(["--set", "learning_rat=1", "--models", "MFBPR", "--no-progress"]) == 2
+    for bad in ("missing_imputation=median", "missing_mechanism=random", "imputation_k=0",
+                "missing_ratio_per_modality={sound: 0.5}"):  # refused before any job runs
+        assert run_all.main(["--set", bad, "--models", "VBPR", "--datasets", "synthetic:baby", "--quick",
+                             "--no-progress", "--results-dir", "/nonexistent/never-written"]) == 2, bad
     with pytest.raises(SystemExit):
         run_all.main(["--protocol", "bogus"])
 
