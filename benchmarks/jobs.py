@@ -199,7 +199,9 @@ def run_job(spec: dict, progress: bool = False) -> dict:
             entry = registry_entry(spec["model"])
             protocol = get_protocol(spec["protocol"])
             t0 = time.perf_counter()
-            generated = load_generated_for(spec) if cfg.get("missing_imputation") == "generated" else None
+            generated = None
+            if cfg.get("missing_imputation") == "generated":  # the Ray backend ships them in the spec
+                generated = spec.get("generated") or load_generated_for(spec)
             task = protocol.build_task(dataset, cfg, entry.cls, spec["missing_ratio"], device, cache, generated)
             test_time = None
             if task.test_task is not None:  # test_only: train on complete features, test on masked ones
