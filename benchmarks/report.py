@@ -1047,9 +1047,9 @@ def write_report(records: list[dict], results_dir: str | Path, protocols=None, s
                     index.append(_figure_links(files))
         index.append("")
 
-    failed = [r for r in records if r.get("status") == "failed"]
+    failed = [r for r in every_record if r.get("status") == "failed"]
     head = ["# Results of the last run", ""]
-    ok = [r for r in records if r.get("status") == "ok"]
+    ok = [r for r in every_record if r.get("status") == "ok"]
     head.append(f"{len(ok)} finished jobs, {len(failed)} failed; protocols: {', '.join(protocols) or 'none'}. "
                 f"Every table and figure of this run is linked below; other files in this folder are from "
                 f"earlier runs.")

@@ -184,6 +184,8 @@ def group_figure(stats: pd.DataFrame, exposure: pd.DataFrame, title: str, stem, 
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
         ax.margins(x=0.01)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.12)  # room for the model-group names
+        fig_lib._group_separators(ax, models)
 
     bars(axes[0, 0], [g for p in pairs for g in p], cell)
     axes[0, 0].set_ylabel("test Recall@20\nwithin the group")
