@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.config import ConfigError, parse_sets
-from benchmarks.protocols import ALL_PROTOCOL_NAMES, PROTOCOLS, ProtocolError
+from benchmarks.protocols import ALL_PROTOCOL_NAMES, PAPER_PROTOCOL_NAMES, PROTOCOLS, ProtocolError
 from benchmarks.ray_backend import RayBackendError  # does not import Ray
 from benchmarks.report import present_protocols, write_report
 from benchmarks.runner import RunOptions, execute, gpu_worker_slots, plan, print_banner
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
             seeds = [int(s) for s in _csv(args.seeds)] or None
         except ValueError:
             raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-        protocols = [p for p in ALL_PROTOCOL_NAMES if p in PROTOCOLS] if args.protocol == "all" else [args.protocol]
+        protocols = [p for p in PAPER_PROTOCOL_NAMES if p in PROTOCOLS] if args.protocol == "all" else [args.protocol]
         models = _csv(args.models) or names()
         sets = parse_sets(args.sets)
         devices, run_pending = _backend(args, sets)

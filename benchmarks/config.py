@@ -90,9 +90,14 @@ def check_sets(sets: dict, entries) -> None:
                           f"{', '.join(sorted(known))}")
 
 
+# Keys whose list values are one value, added after ``list_keys`` of overall.yaml became part of
+# every job's identity (extending that list would have changed every job id).
+SUITE_LIST_KEYS = ("imputation_sweep",)
+
+
 def expand_grid(cfg: dict, list_params=()) -> list[dict]:
     """One flat setting per point of the grid of list-valued keys."""
-    scalar_lists = set(cfg.get("list_keys", [])) | set(list_params)
+    scalar_lists = set(cfg.get("list_keys", [])) | set(list_params) | set(SUITE_LIST_KEYS)
     grid_keys = sorted(k for k, v in cfg.items() if isinstance(v, list) and k not in scalar_lists)
     if not grid_keys:
         return [dict(cfg, grid_keys=[])]

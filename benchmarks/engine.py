@@ -42,6 +42,8 @@ class TrainResult:
     test_users: np.ndarray | None = None
     extra: dict = field(default_factory=dict)  # name -> metrics at the best-valid evaluation
     extra_counts: dict = field(default_factory=dict)  # name -> (users, interactions)
+    groups: object = None  # evaluation.GroupMetrics of the best-valid test pass (per-user vectors per group)
+    captured: dict = field(default_factory=dict)  # what each analysis captured at the best validation
     curve: list = field(default_factory=list)
     epochs_run: int = 0
     train_seconds: list = field(default_factory=list)
@@ -102,13 +104,17 @@ def lr_factor(scheduler) -> callable:
 
 
 def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, progress=None,
-                       analyses: dict | None = None) -> TrainResult:
+                       analyses: dict | None = None, test_time=None) -> TrainResult:
     """Train ``model`` on ``task``; ``analyses`` (name -> object with ``capture(model)`` and
     ``finalize(captured)``) capture what they need from the model at every best-validation
     evaluation and are scored once at the end (e.g. cross-modal retrieval).
 
     ``progress(point)``, when given, is called after every epoch with that epoch's curve point
-    (epoch, train loss and, on evaluation epochs, the validation metric and the best so far)."""
+    (epoch, train loss and, on evaluation epochs, the validation metric and the best so far).
+
+    Every test pass also scores the item groups of ``task.item_groups`` (``test_group_<name>``
+    and ``exposure`` in ``extra``). ``test_time`` (``benchmarks.masked_copy.MaskedCopy``, the
+    test_only mechanism): test passes score the trained weights on the masked task instead."""
     epochs = int(config["epochs"])
     eval_step = int(config["eval_step"])
     stopping_step = int(config["stopping_step"])
@@ -166,7 +172,8 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
             if (epoch + 1) % eval_step == 0:
                 model.pre_evaluation()
                 valid, _, v_sec = evaluator.evaluate(model, task.valid)
-                test, test_users_metrics, t_sec = evaluator.evaluate(model, task.test)
+                scorer = _test_scorer(model, test_time)
+                test, test_users_metrics, t_sec, groups = evaluator.evaluate_groups(scorer, task.test, task.item_groups)
                 result.valid_eval_seconds.append(v_sec)
                 result.test_eval_seconds.append(t_sec)
                 point.update({f"valid_{valid_metric}": round(valid[valid_metric], 4),
@@ -177,9 +184,10 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
                     best_score, bad_evals = score, 0
                     result.best_epoch, result.valid, result.test = epoch, valid, test
                     result.test_per_user, result.test_users = test_users_metrics, task.test.users
+                    _keep_groups(result, groups)
                     for name, eval_set in task.extra_eval.items():
                         if len(eval_set):
-                            result.extra[name], _, _ = evaluator.evaluate(model, eval_set)
+                            result.extra[name], _, _ = evaluator.evaluate(scorer, eval_set)
                             result.extra_counts[name] = (len(eval_set), eval_set.n_interactions)
                     for name, analysis in analyses.items():
                         captured[name] = analysis.capture(model)
@@ -205,8 +213,10 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
         # No evaluation happened (epochs < eval_step): evaluate the final model once.
         model.pre_evaluation()
         result.valid, _, v_sec = evaluator.evaluate(model, task.valid)
-        result.test, result.test_per_user, t_sec = evaluator.evaluate(model, task.test)
+        result.test, result.test_per_user, t_sec, groups = evaluator.evaluate_groups(
+            _test_scorer(model, test_time), task.test, task.item_groups)
         result.test_users = task.test.users
+        _keep_groups(result, groups)
         result.valid_eval_seconds.append(v_sec)
         result.test_eval_seconds.append(t_sec)
         result.best_epoch = result.epochs_run - 1
@@ -215,4 +225,26 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
     for name, analysis in analyses.items():
         if name in captured:
             result.extra[name] = analysis.finalize(captured[name])
+    result.captured = captured
     return result
+
+
+def _test_scorer(model, test_time):
+    """The model the test passes score: the trained one, or its test-time copy (test_only)."""
+    if test_time is None:
+        return model
+    scorer = test_time.sync(model)
+    scorer.pre_evaluation()
+    return scorer
+
+
+def _keep_groups(result: TrainResult, groups) -> None:
+    result.groups = groups
+    for name in [k for k in result.extra if k.startswith("test_group_")]:
+        del result.extra[name], result.extra_counts[name]
+    for g, means in groups.means.items():
+        if groups.counts[g][0]:
+            result.extra[f"test_group_{g}"] = means
+            result.extra_counts[f"test_group_{g}"] = groups.counts[g]
+    if groups.exposure:
+        result.extra["exposure"] = groups.exposure

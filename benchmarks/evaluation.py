@@ -14,6 +14,7 @@ significance tests; the reported value is their mean.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from .task import EvalSet
 
 METRICS = ("recall", "ndcg", "precision", "map")
 EXCLUDED_SCORE = -1e10
+EXPOSURE_K = 20  # exposure: the share of top-20 slots
 
 
 class ScoringError(RuntimeError):
@@ -108,6 +110,19 @@ class Evaluator:
 
     def evaluate(self, model, eval_set: EvalSet) -> tuple[dict[str, float], dict[str, np.ndarray], float]:
         """Mean metrics, per-user metric vectors (in ``eval_set.users`` order) and seconds taken."""
+        means, vectors, seconds, _ = self.evaluate_groups(model, eval_set)
+        return means, vectors, seconds
+
+    def evaluate_groups(self, model, eval_set: EvalSet, groups: dict[str, np.ndarray] | None = None,
+                        exposure_k: int = EXPOSURE_K):
+        """``evaluate`` plus, in the same pass, the metrics of item groups and the exposure of each.
+
+        ``groups``: name -> bool flags over items. A group's metrics restrict every user's ground
+        truth to the group's items (users without one drop out) with the ranking unchanged, as
+        ``EvalSet.restrict_items`` would. Exposure: the share of the top-``exposure_k`` slots of
+        all evaluated users that go to the group's items, beside the group's catalogue share.
+        Returns (means, vectors, seconds, GroupMetrics).
+        """
         start = time.perf_counter()
         k_max = max(self.topk)
         n_items = self.task.n_items
@@ -116,7 +131,13 @@ class Evaluator:
         all_users, gt_indptr, gt_items = self._tensors(device, eval_set)
         users_host, gt_indptr_host = eval_set.users, eval_set.indptr
         train_counts_host = np.diff(self.train_indptr_host)
+        groups = {k: torch.from_numpy(np.asarray(v, dtype=bool)).to(device) for k, v in (groups or {}).items()}
+        k_exp = min(int(exposure_k), n_items)
         per_user: dict[str, list[torch.Tensor]] = {}
+        g_vals: dict[str, dict[str, list[torch.Tensor]]] = {g: {} for g in groups}
+        g_rows: dict[str, list[torch.Tensor]] = {g: [] for g in groups}
+        slots = {g: torch.zeros((), dtype=torch.int64, device=device) for g in groups}  # read once, after
+        n_slots = 0
         nan_seen = torch.zeros((), dtype=torch.bool, device=device)
         was_training = model.training
         model.eval()
@@ -137,15 +158,24 @@ class Evaluator:
                     tp, ti = csr_rows(train_indptr, train_indices, users,
                                       total=int(train_counts_host[users_host[lo:hi]].sum()))
                     scores[tp, ti] = EXCLUDED_SCORE
-                    top = torch.topk(scores, min(k_max, n_items), dim=1).indices
+                    top = torch.topk(scores, min(max(k_max, k_exp), n_items), dim=1).indices
                     gp, gi = csr_rows(gt_indptr, gt_items, torch.arange(lo, hi, device=device),
                                       total=int(gt_indptr_host[hi] - gt_indptr_host[lo]))
                     gt_keys = gp * n_items + gi
-                    top_keys = torch.arange(hi - lo, device=device).unsqueeze(1) * n_items + top
+                    top_keys = torch.arange(hi - lo, device=device).unsqueeze(1) * n_items + top[:, :k_max]
                     hits = torch.isin(top_keys, gt_keys)
                     n_pos = gt_indptr[lo + 1:hi + 1] - gt_indptr[lo:hi]
                     for name, v in rank_metrics(hits, n_pos, self.topk, self.metrics).items():
                         per_user.setdefault(name, []).append(v)
+                    n_slots += (hi - lo) * k_exp
+                    for g, flags in groups.items():
+                        slots[g] += flags[top[:, :k_exp]].sum()
+                        g_pos = torch.bincount(gp[flags[gi]], minlength=hi - lo)
+                        keep = g_pos > 0
+                        g_hits = hits & flags[top[:, :k_max]]
+                        for name, v in rank_metrics(g_hits[keep], g_pos[keep], self.topk, self.metrics).items():
+                            g_vals[g].setdefault(name, []).append(v)
+                        g_rows[g].append(torch.arange(lo, hi, device=device)[keep])
                 model.end_scoring()
         finally:
             model.train(was_training)
@@ -153,4 +183,28 @@ class Evaluator:
             raise ScoringError(f"{type(model).__name__} produced NaN scores")
         vectors = {k: torch.cat(v).cpu().numpy() for k, v in per_user.items()}
         means = {k: float(v.mean()) if len(v) else 0.0 for k, v in vectors.items()}
-        return means, vectors, time.perf_counter() - start
+        result = GroupMetrics()
+        for g, flags in groups.items():
+            rows = torch.cat(g_rows[g]).cpu().numpy() if g_rows[g] else np.zeros(0, np.int64)
+            vec = {k: torch.cat(v).cpu().numpy() for k, v in g_vals[g].items()}
+            vec = {k: v for k, v in vec.items() if len(v)}  # a group no evaluated user has: no metrics
+            result.vectors[g] = vec
+            result.users[g] = eval_set.users[rows]
+            result.means[g] = {k: float(v.mean()) for k, v in vec.items()}
+            n_inter = int(flags[gt_items].sum()) if len(gt_items) else 0
+            result.counts[g] = (int(len(rows)), n_inter)
+            share = float(flags.float().mean()) if len(flags) else float("nan")
+            result.exposure[g] = {f"top{k_exp}_share": int(slots[g]) / n_slots if n_slots else float("nan"),
+                                  "catalogue_share": share}
+        return means, vectors, time.perf_counter() - start, result
+
+
+@dataclass
+class GroupMetrics:
+    """Per item group: mean metrics, per-user vectors and their users, (users, interactions), exposure."""
+
+    means: dict = field(default_factory=dict)
+    vectors: dict = field(default_factory=dict)
+    users: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    exposure: dict = field(default_factory=dict)

@@ -225,20 +225,35 @@ def run_job(spec: dict, on_epoch=None) -> dict:
             entry = registry_entry(spec["model"])
             protocol = get_protocol(spec["protocol"])
             t0 = time.perf_counter()
-            task = protocol.build_task(dataset, cfg, entry.cls, spec["missing_ratio"], device, cache)
-            model = entry.cls(cfg, task).to(device)
+            generated = None
+            if cfg.get("missing_imputation") == "generated":  # the Ray backend ships them in the spec
+                generated = spec.get("generated") or load_generated_for(spec)
+            task = protocol.build_task(dataset, cfg, entry.cls, spec["missing_ratio"], device, cache, generated)
+            test_time = None
+            if task.test_task is not None:  # test_only: train on complete features, test on masked ones
+                from benchmarks.masked_copy import build_pair
+                model, test_time = build_pair(entry.cls, cfg, task)
+            else:
+                model = entry.cls(cfg, task).to(device)
             check_device_memory(model, device)
+            shown = task.test_task or task
+            record["missing_axes"] = {"imputation": shown.imputation, "mechanism": task.mechanism,
+                                      "filled_rows": shown.imputation_info}
             record["setup_seconds"] = round(time.perf_counter() - t0, 3)
             record["n_parameters"] = int(sum(p.numel() for p in model.parameters()))
             result = train_and_evaluate(model, task, cfg, rng, progress=on_epoch,
-                                        analyses=protocol.analyses(dataset, task, entry.cls))
+                                        analyses=protocol.analyses(dataset, task, entry.cls), test_time=test_time)
             _fill(record, result)
             record["status"] = "ok"
             record["eval_counts"] = {"valid": [len(task.valid), task.valid.n_interactions],
                                      "test": [len(task.test), task.test.n_interactions]}
             if result.test_users is not None and spec.get("results_dir"):
-                record["per_user_file"] = ResultStore(spec["results_dir"]).save_per_user(
-                    spec["job_id"], result.test_users, result.test_per_user)
+                store = ResultStore(spec["results_dir"])
+                record["per_user_file"] = store.save_per_user(spec["job_id"], result.test_users, result.test_per_user,
+                                                              groups=result.groups)
+                gen = (result.captured.get("feature_quality") or {}).get("generated")
+                if spec.get("save_generated") and gen:
+                    record["generated_file"] = store.save_generated(spec["job_id"], gen)
         except TrainingFailure as exc:
             record["error"] = str(exc)
             record["failed_epoch"] = exc.epoch
@@ -271,6 +286,29 @@ class _restored:
     def __exit__(self, *exc):
         torch.set_num_threads(self.threads)
         torch.use_deterministic_algorithms(self.deterministic)
+
+
+def load_generated_for(spec: dict) -> dict:
+    """The generated features the ``generated`` imputation of this job takes: those saved by the
+    best-validation ok job among its producers (``spec["depends_on"]``, one grid of the generating
+    model on the same dataset, ratio and seed)."""
+    from benchmarks.protocols import GENERATOR_MODEL, ProtocolError
+    from benchmarks.store import ResultStore
+
+    producers = list(spec.get("depends_on") or ())
+    if not producers or not spec.get("results_dir"):
+        raise ProtocolError(f"missing_imputation 'generated' needs a {GENERATOR_MODEL} job that generates the features "
+                            f"(planned by the runner; none is named for this job)")
+    store = ResultStore(spec["results_dir"])
+    recs = {r["job_id"]: r for r in store.records(warn=False) if r["job_id"] in set(producers)}
+    ok = [r for r in recs.values() if r.get("status") == "ok" and r.get("generated_file")]
+    if not ok:
+        states = ", ".join(f"{j} {recs[j].get('status', '?') if j in recs else 'not run'}" for j in producers)
+        raise ProtocolError(f"missing_imputation 'generated': no finished {GENERATOR_MODEL} job saved generated "
+                            f"features for this dataset, ratio and seed ({states})")
+    metric = str(ok[0].get("config", {}).get("valid_metric", "recall@20")).lower()
+    best = max(ok, key=lambda r: r.get("valid", {}).get(metric, float("-inf")))
+    return store.load_generated(best["job_id"])
 
 
 def _fill(record: dict, result) -> None:

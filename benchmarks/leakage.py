@@ -60,15 +60,17 @@ def one_epoch(entry, ds, protocol_name: str, device="cpu", batch_size: int = 256
     rng = seed_everything(5)
     task = protocol.build_task(ds, cfg, entry.cls, protocol.ratios(ds, cfg)[0], dev)
     model = entry.cls(cfg, task).to(dev)
-    opt = torch.optim.Adam(model.optimizer_parameters(), lr=1e-3)
-    sampler = BPRSampler(task, rng)
+    loss = torch.zeros(())
     model.train()
-    model.pre_epoch(0)
-    for users, pos, neg in sampler.epoch(batch_size, device=dev):
-        loss = model.calculate_loss(users, pos, neg)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    if model.trainable:  # ItemPop has nothing to train: its scores alone are compared
+        opt = torch.optim.Adam(model.optimizer_parameters(), lr=1e-3)
+        sampler = BPRSampler(task, rng)
+        model.pre_epoch(0)
+        for users, pos, neg in sampler.epoch(batch_size, device=dev):
+            loss = model.calculate_loss(users, pos, neg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     model.pre_evaluation()
     model.eval()
     with torch.no_grad():

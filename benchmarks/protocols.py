@@ -15,6 +15,16 @@ features of a masked item, nor (under ``new_items``) a training interaction of a
 * ``missing_level`` trains as ``missing`` and additionally evaluates test interactions
   grouped by the number of missing modalities of their item at each best-validation epoch.
 * ``missing_ratio`` runs ``missing`` over a sweep of ratios with nested generated masks.
+* ``imputation`` runs ``missing`` for every model that takes imputed features once per
+  imputation method (``benchmarks.imputation``); ``generated`` takes the features a trained
+  DGMRec job of the same dataset, ratio and seed generated (the runner trains it first).
+
+Missingness mechanisms (``missing_mechanism``; null is ``uniform``): ``uniform`` (the paper's
+stratified draw, or the shipped mask file), ``popularity`` (rarely interacted items lose
+modalities more often, same share of the catalogue), ``per_modality`` (each modality missing
+at its own ratio, ``missing_ratio_per_modality``) and ``test_only`` (training sees complete
+features; the uniform mask applies at test time only, to a test-time copy of the trained model,
+see ``benchmarks.masked_copy``).
 """
 from __future__ import annotations
 
@@ -25,13 +35,19 @@ from data_prep import masks as mask_lib
 from data_prep.dataset import MASK_KEYS, Dataset, Interactions, sha256_arrays
 from data_prep.errors import DataError
 
+from . import imputation as imp
 from .cache import ArtifactCache
 from .task import EvalSet, Task
 
-IMPUTATIONS = ("mean", "zero")
+IMPUTATIONS = imp.IMPUTATIONS
 # The official configs write the imputation mode as a number.
 _IMPUTATION_ALIASES = {0: "zero", 1: "mean", "0": "zero", "1": "mean"}
+MECHANISMS = ("uniform", "popularity", "per_modality", "test_only")
+MODALITY_NAMES = {"v": "v", "image": "v", "visual": "v", "t": "t", "text": "t", "textual": "t",
+                  "a": "a", "audio": "a", "acoustic": "a"}
+GENERATOR_MODEL = "DGMRec"  # whose generated features the ``generated`` imputation takes
 TWO_THIRDS_TOLERANCE = 1e-3
+POPULAR_SHARE = 0.2  # per-group results: the 20% most and least trained items
 
 
 class ProtocolError(ValueError):
@@ -46,25 +62,82 @@ def normalize_imputation(value) -> str:
     return v
 
 
+def normalize_mechanism(config: dict) -> str:
+    """The missingness mechanism of a configuration (null: uniform; per-modality ratios alone
+    imply per_modality)."""
+    v = config.get("missing_mechanism")
+    per = config.get("missing_ratio_per_modality")
+    if v is None:
+        v = "per_modality" if per else "uniform"
+    if v not in MECHANISMS:
+        raise ProtocolError(f"missing_mechanism must be one of {list(MECHANISMS)} (null means uniform), got {v!r}")
+    if v == "per_modality" and not per:
+        raise ProtocolError("missing_mechanism per_modality needs missing_ratio_per_modality, e.g. "
+                            "--set 'missing_ratio_per_modality={image: 0.8, text: 0.2}'")
+    if per and v != "per_modality":
+        raise ProtocolError(f"missing_ratio_per_modality is set but missing_mechanism is {v!r}; "
+                            f"it applies to missing_mechanism per_modality only")
+    return v
+
+
+def per_modality_ratios(config: dict, modalities: tuple) -> dict[str, float]:
+    """``missing_ratio_per_modality`` as {modality code: ratio}; names such as image/text accepted."""
+    raw = config.get("missing_ratio_per_modality")
+    if not isinstance(raw, dict) or not raw:
+        raise ProtocolError(f"missing_ratio_per_modality must be a mapping modality -> ratio, e.g. "
+                            f"{{image: 0.8, text: 0.2}}, got {raw!r}")
+    out = {}
+    for key, value in raw.items():
+        m = MODALITY_NAMES.get(str(key).lower())
+        if m is None or (modalities and m not in modalities):
+            raise ProtocolError(f"missing_ratio_per_modality: unknown modality {key!r}; the dataset has "
+                                f"{list(modalities)} (v = image, t = text, a = audio)")
+        if m in out:
+            raise ProtocolError(f"missing_ratio_per_modality names modality {m!r} twice")
+        try:
+            r = float(value)
+        except (TypeError, ValueError):
+            raise ProtocolError(f"missing_ratio_per_modality: the ratio of {key!r} must be a number, "
+                                f"got {value!r}") from None
+        if not 0.0 <= r < 1.0:
+            raise ProtocolError(f"missing_ratio_per_modality: the ratio of {key!r} must lie in [0, 1), got {r}")
+        out[m] = r
+    return out
+
+
+def check_axes(dataset: Dataset, config: dict) -> None:
+    """Refuse a bad imputation, mechanism or imputation parameter at plan time, before any job runs."""
+    normalize_imputation(config.get("missing_imputation", "mean"))
+    if normalize_mechanism(config) == "per_modality":
+        per_modality_ratios(config, dataset.modalities)
+    try:
+        imp.ImputationParams.from_config(config)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+    imputation_sweep(config)
+
+
+def imputation_sweep(config: dict) -> list[str]:
+    """The imputations the ``imputation`` protocol runs (``imputation_sweep``, default all)."""
+    sweep = config.get("imputation_sweep") or list(IMPUTATIONS)
+    if isinstance(sweep, str):
+        sweep = [s.strip() for s in sweep.split(",") if s.strip()]
+    return list(dict.fromkeys(normalize_imputation(s) for s in sweep))
+
+
 def impute_features(x: np.ndarray, missing: np.ndarray, mode: str, exclude: np.ndarray | None = None) -> np.ndarray:
     """A copy of ``x`` whose rows flagged ``missing`` are replaced; true values never survive.
 
     ``mean``: every missing row becomes the mean of the observed rows, leaving out the rows
     flagged in ``exclude`` (new items under the new-item protocol), as the reference does.
-    ``zero``: missing rows become zero. With no observed row the mean is zero.
+    ``zero``: missing rows become zero. With no observed row the mean is zero. The methods
+    that need more than one table (kNN, graphs, generated) go through ``imputation.fill_all``.
     """
-    out = np.array(x, dtype=np.float32, copy=True)
-    if not missing.any():
-        return out
-    if mode == "mean":
-        pool = ~missing if exclude is None else (~missing & ~exclude)
-        fill = out[pool].mean(axis=0) if pool.any() else np.zeros(out.shape[1], np.float32)
-    elif mode == "zero":
-        fill = np.zeros(out.shape[1], np.float32)
-    else:
-        raise ProtocolError(f"unknown imputation {mode!r}")
-    out[missing] = fill
-    return out
+    if mode not in ("mean", "zero"):
+        raise ProtocolError(f"unknown imputation {mode!r} for a single table (mean or zero)")
+    missing = np.asarray(missing, dtype=bool)
+    source = ~missing if exclude is None else (~missing & ~np.asarray(exclude, dtype=bool))
+    return imp.fill_modality(x, missing, mode, source=source).x
 
 
 def _cold_start_filter(users: np.ndarray, items: np.ndarray, train_users: np.ndarray, n_users: int):
@@ -92,12 +165,19 @@ class Protocol:
     job_protocol = ""
 
     def ratios(self, dataset: Dataset, config: dict) -> list[float]:
-        """The missing ratios this protocol runs a dataset at (one job per ratio)."""
+        """The missing ratios this protocol runs a dataset at (one job per ratio). Under the
+        per-modality mechanism: the share of items missing at least one modality."""
+        if normalize_mechanism(config) == "per_modality":
+            return [per_modality_share(dataset, config)]
         return [resolve_ratio(dataset, config.get("missing_ratio", "auto"))]
 
     def accepts(self, model_cls) -> bool:
         """Whether the protocol applies to a model (retrieval needs generated features)."""
         return True
+
+    def variants(self, dataset: Dataset, config: dict, model_cls) -> list[dict]:
+        """Configuration overrides, one set of jobs each (the imputation sweep)."""
+        return [{}]
 
     def analyses(self, dataset: Dataset, task: Task, model_cls) -> dict:
         """Post-hoc analyses of a trained model that need data the model must never see."""
@@ -108,29 +188,51 @@ class Protocol:
         raise NotImplementedError
 
     def build_task(self, dataset: Dataset, config: dict, model_cls, ratio: float,
-                   device: torch.device | str = "cpu", cache: ArtifactCache | None = None) -> Task:
+                   device: torch.device | str = "cpu", cache: ArtifactCache | None = None,
+                   generated: dict | None = None) -> Task:
+        """The task of one job. ``generated``: ``{modality: (item ids, rows)}`` from a trained
+        DGMRec, for the ``generated`` imputation. Under ``test_only`` the returned task has
+        complete features and carries the masked task in ``test_task``."""
         train, valid, test, new_items, extra = self.split(dataset)
+        mechanism = normalize_mechanism(config)
+        n_mod = len(dataset.modalities) or 2
+        per = per_modality_ratios(config, dataset.modalities) if mechanism == "per_modality" else None
         groups = masks_for(dataset, ratio, train_counts=np.bincount(train.items[train.labels == 0],
                                                                     minlength=dataset.n_items),
-                           new_items=new_items, cache=cache)
+                           new_items=new_items, cache=cache, mechanism=mechanism, per_modality=per)
+        parts = (dataset, config, model_cls, ratio, train, valid, test, new_items, extra, device, cache, generated,
+                 mechanism)
+        if mechanism != "test_only":
+            return self._assemble(*parts, groups)
+        masked = self._assemble(*parts, groups)
+        task = self._assemble(*parts, {k: np.zeros(0, np.int64) for k in MASK_KEYS[n_mod]})
+        # what is measured at test time is grouped by the test-time mask
+        task.test_task, task.extra_eval, task.item_groups = masked, masked.extra_eval, masked.item_groups
+        return task
+
+    def _assemble(self, dataset, config, model_cls, ratio, train, valid, test, new_items, extra, device, cache,
+                  generated, mechanism, groups) -> Task:
         modalities = dataset.modalities
         n_mod = len(modalities) or (3 if "a" in groups else 2)
         mod_codes = modalities or (("v", "t", "a") if n_mod == 3 else ("v", "t"))
         missing = mask_lib.per_modality_missing(groups, mod_codes, dataset.n_items)
         handles = getattr(model_cls, "handles_missing", "impute")
         imputation = "native" if handles == "native" else normalize_imputation(config.get("missing_imputation", "mean"))
-        features, content = {}, {}
+        tr_users, tr_items = train.split(0)
+        features, content, info = {}, {}, {}
         if getattr(model_cls, "uses_features", True):
             if not modalities:
                 raise DataError(dataset.description or dataset.name,
                                 f"model {getattr(model_cls, 'model_name', model_cls.__name__)} needs item features, "
                                 f"but the dataset has no feature files (image_feat.npy, text_feat.npy[, audio_feat.npy])")
+            filled = fill_features(dataset, missing, "zero" if imputation == "native" else imputation,
+                                   new_items, (tr_users, tr_items, dataset.n_users, dataset.n_items),
+                                   imp.ImputationParams.from_config(config), generated, cache)
             for m in modalities:
-                mode = "zero" if imputation == "native" else imputation
-                x = impute_features(dataset.features[m], missing[m], mode, exclude=new_items)
+                x = filled[m].x
                 content[f"features:{m}"] = sha256_arrays(x)
                 features[m] = torch.from_numpy(x).to(device)
-        tr_users, tr_items = train.split(0)
+                info[m] = {"filled": filled[m].n_filled, "fallback": filled[m].n_fallback}
         content["train"] = sha256_arrays(tr_users, tr_items, np.array([dataset.n_users, dataset.n_items]))
         content["missing"] = sha256_arrays(*[missing[m] for m in mod_codes])
         content["new_items"] = sha256_arrays(new_items)
@@ -143,7 +245,53 @@ class Protocol:
             train_users=tr_users, train_items=tr_items, features=features, modalities=modalities,
             missing=missing, mask_groups=groups, new_items=new_items, valid=valid, test=test,
             missing_ratio=float(ratio), imputation=imputation, extra_eval=extra_eval,
-            device=torch.device(device), cache=cache, content_hash=content)
+            device=torch.device(device), cache=cache, content_hash=content,
+            item_groups=item_groups(missing, new_items, np.bincount(tr_items, minlength=dataset.n_items)),
+            mechanism=mechanism, imputation_info=info)
+
+
+def fill_features(dataset: Dataset, missing: dict, method: str, new_items: np.ndarray, train: tuple,
+                  params: "imp.ImputationParams", generated: dict | None,
+                  cache: ArtifactCache | None) -> dict[str, "imp.Filled"]:
+    """The imputed feature tables; the kNN and graph methods are cached by the content of what
+    they read (the masked tables, the missing flags, the training rows, the new items)."""
+    if method == "generated" and generated is None:
+        raise ProtocolError(f"missing_imputation 'generated' needs the features a trained {GENERATOR_MODEL} job "
+                            f"generated; the runner trains that job first (python run_all.py --protocol imputation)")
+
+    def build():
+        return imp.fill_all(dataset.features, missing, method, exclude=new_items, train=train, params=params,
+                            generated=generated)
+
+    if cache is None or method in ("zero", "mean", "generated") or not any(missing[m].any() for m in missing):
+        return build()
+    masked = [np.where(missing[m][:, None], np.float32(0), dataset.features[m]) for m in dataset.modalities]
+    key = {"features": sha256_arrays(*masked), "missing": sha256_arrays(*[missing[m] for m in dataset.modalities]),
+           "train": sha256_arrays(*[np.asarray(t) for t in train]), "new_items": sha256_arrays(new_items),
+           "method": method, "params": params.__dict__}
+    return cache.get_or_build("imputed", key, build)
+
+
+def item_groups(missing: dict, new_items: np.ndarray, train_counts: np.ndarray) -> dict[str, np.ndarray]:
+    """The item groups every job reports test metrics for (flags over items; empty ones left out):
+    complete vs missing >= 1 modality, new vs warm (new-item protocol), the 20% most / least
+    trained items (stable order by training count, ties by item id)."""
+    n = len(train_counts)
+    any_missing = np.zeros(n, dtype=bool)
+    for flags in missing.values():
+        any_missing |= flags
+    out = {}
+    if any_missing.any():
+        out["complete"], out["missing"] = ~any_missing, any_missing.copy()
+    if new_items.any():
+        out["new"], out["warm"] = new_items.copy(), ~new_items
+    k = int(POPULAR_SHARE * n)
+    if k:
+        order = np.argsort(train_counts, kind="stable")
+        pop, unpop = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        pop[order[-k:]], unpop[order[:k]] = True, True
+        out["popular"], out["unpopular"] = pop, unpop
+    return out
 
 
 def resolve_ratio(dataset: Dataset, value) -> float:
@@ -162,27 +310,62 @@ def resolve_ratio(dataset: Dataset, value) -> float:
 
 
 def masks_for(dataset: Dataset, ratio: float, train_counts: np.ndarray, new_items: np.ndarray,
-              cache: ArtifactCache | None) -> dict[str, np.ndarray]:
-    """The mask groups at ``ratio``: the shipped file when there is one, else the paper's draw.
+              cache: ArtifactCache | None, mechanism: str = "uniform",
+              per_modality: dict | None = None) -> dict[str, np.ndarray]:
+    """The mask groups at ``ratio`` under a missingness mechanism.
 
-    Ratio 0 means no masking at all. Generated masks use the paper's strata (new/old ×
-    cold/warm) with its seeds, so higher ratios contain the lower ratios' missing items.
+    ``uniform`` and ``test_only``: the shipped file when there is one, else the paper's draw
+    (its strata new/old × cold/warm with its seeds, so higher ratios contain the lower ratios'
+    missing items). ``popularity``: ``masks.draw_popularity_mask`` (nested too).
+    ``per_modality``: ``masks.draw_per_modality_mask`` at the given ratios (``ratio`` is then
+    only the resulting share). Ratio 0 means no masking at all.
     """
     n_mod = len(dataset.modalities) or 2
+    if mechanism == "per_modality":
+        if not per_modality:
+            raise ProtocolError("the per_modality mechanism needs missing_ratio_per_modality")
+        mods = dataset.modalities or (("v", "t", "a") if n_mod == 3 else ("v", "t"))
+
+        def build_per():
+            strata = mask_lib.item_strata(train_counts_full(dataset, train_counts))
+            return mask_lib.draw_per_modality_mask(strata, per_modality, mods)
+
+        if cache is None:
+            return build_per()
+        return cache.get_or_build("mask", {"dataset": dataset.fingerprint_digest(), "mechanism": mechanism,
+                                           "ratios": dict(sorted(per_modality.items())), "n_modalities": n_mod,
+                                           "seeds": [1111, 1225]}, build_per)
     if ratio == 0:
         return {k: np.zeros(0, np.int64) for k in MASK_KEYS[n_mod]}
     key = _ratio_key(ratio)
-    if key in dataset.masks:
+    if mechanism in ("uniform", "test_only") and key in dataset.masks:
         return dataset.masks[key]
 
     def build():
-        strata = mask_lib.item_strata(train_counts_full(dataset, train_counts))
+        counts = train_counts_full(dataset, train_counts)
+        strata = mask_lib.item_strata(counts)
+        if mechanism == "popularity":
+            return mask_lib.draw_popularity_mask(counts, _draw_ratio(ratio), n_mod, strata=strata)
         return mask_lib.draw_missing_mask(strata, _draw_ratio(ratio), n_mod)
 
+    if mechanism not in ("uniform", "test_only", "popularity"):
+        raise ProtocolError(f"unknown missing_mechanism {mechanism!r}")
     if cache is None:
         return build()
-    return cache.get_or_build("mask", {"dataset": dataset.fingerprint_digest(), "ratio": key,
-                                       "n_modalities": n_mod, "seeds": [1111, 1225]}, build)
+    description = {"dataset": dataset.fingerprint_digest(), "ratio": key, "n_modalities": n_mod, "seeds": [1111, 1225]}
+    if mechanism == "popularity":  # the uniform key stays as it was, so existing cache entries still serve
+        description["mechanism"] = mechanism
+    return cache.get_or_build("mask", description, build)
+
+
+def per_modality_share(dataset: Dataset, config: dict) -> float:
+    """The share of items missing at least one modality under the per-modality mechanism (the
+    ``missing_ratio`` such jobs record), rounded to 4 decimals."""
+    per = per_modality_ratios(config, dataset.modalities)
+    inter = dataset.inter if dataset.inter is not None else dataset.del_inter
+    counts = np.bincount(inter.items[inter.labels == 0], minlength=dataset.n_items)
+    groups = masks_for(dataset, 0.0, counts, np.zeros(dataset.n_items, bool), None, "per_modality", per)
+    return round(sum(len(v) for v in groups.values()) / dataset.n_items, 4)
 
 
 def train_counts_full(dataset: Dataset, fallback: np.ndarray) -> np.ndarray:
@@ -211,10 +394,12 @@ class MissingProtocol(Protocol):
 
     def analyses(self, dataset: Dataset, task: Task, model_cls) -> dict:
         from .retrieval import RetrievalAnalysis
+        out = {}
         if dataset.features and task.missing_modal and RetrievalAnalysis.applies_to(model_cls):
-            return {"retrieval": RetrievalAnalysis(dataset.features, task.mask_groups, dataset.n_items,
-                                                   dataset.modalities)}
-        return {}
+            out["retrieval"] = RetrievalAnalysis(dataset.features, task.mask_groups, dataset.n_items,
+                                                 dataset.modalities)
+        out.update(feature_quality_analyses(dataset, task, model_cls))
+        return out
 
 
 def missing_level_sets(test: EvalSet, groups: dict, n_items: int) -> dict[str, EvalSet]:
@@ -226,6 +411,15 @@ def missing_level_sets(test: EvalSet, groups: dict, n_items: int) -> dict[str, E
     n_mod = 3 if {"a", "tv", "ta", "va"} & set(groups) else 2
     levels = mask_lib.missing_level(groups, n_items, n_mod)
     return {f"test_level{lv}": test.restrict_items(f"test_level{lv}", levels == lv) for lv in range(n_mod + 1)}
+
+
+def feature_quality_analyses(dataset: Dataset, task: Task, model_cls) -> dict:
+    """Feature quality of the filled rows (and of generated ones) against the true features."""
+    from .feature_quality import FeatureQualityAnalysis
+    shown = task.test_task if task.test_task is not None else task
+    if dataset.features and shown.features and shown.missing_modal:
+        return {"feature_quality": FeatureQualityAnalysis(dataset.features, shown, model_cls)}
+    return {}
 
 
 class MissingLevelProtocol(MissingProtocol):
@@ -268,6 +462,9 @@ class NewItemsProtocol(Protocol):
         test = EvalSet.from_pairs("test", *_cold_start_filter(test_u, test_i, tr_u, dataset.n_users))
         return split, valid, test, new_items, {}
 
+    def analyses(self, dataset: Dataset, task: Task, model_cls) -> dict:
+        return feature_quality_analyses(dataset, task, model_cls)
+
 
 class MissingRatioProtocol(MissingProtocol):
     name = "missing_ratio"
@@ -275,6 +472,9 @@ class MissingRatioProtocol(MissingProtocol):
     default_sweep = (0.0, 0.2, 0.4, 0.6, 0.8)
 
     def ratios(self, dataset: Dataset, config: dict) -> list[float]:
+        if normalize_mechanism(config) == "per_modality":
+            raise ProtocolError("missing_ratio sweeps one ratio for every modality; the per_modality mechanism "
+                                "sets one ratio per modality (run it under the missing protocol)")
         sweep = config.get("missing_ratio_sweep") or self.default_sweep
         official = resolve_ratio(dataset, config.get("missing_ratio", "auto"))
         out = sorted({float(r) for r in sweep} | {official})
@@ -294,9 +494,33 @@ class RetrievalProtocol(MissingProtocol):
         return RetrievalAnalysis.applies_to(model_cls)
 
 
+class ImputationProtocol(MissingProtocol):
+    """Trains the ``missing`` jobs of every model that takes imputed features once per imputation
+    (``imputation_sweep``, default every method); the ``mean`` jobs are the ``missing`` jobs.
+    The generating model itself runs every imputation but ``generated``."""
+    name = "imputation"
+    description = "every imputation method for every model that takes imputed features"
+
+    def accepts(self, model_cls) -> bool:
+        return takes_imputed_features(model_cls)
+
+    def variants(self, dataset: Dataset, config: dict, model_cls) -> list[dict]:
+        sweep = imputation_sweep(config)
+        own = getattr(model_cls, "model_name", "") == GENERATOR_MODEL
+        # the sweep itself is no part of a job (null keys leave the identity): a mean job stays the missing job
+        return [{"missing_imputation": m, "imputation_sweep": None} for m in sweep if not (own and m == "generated")]
+
+
+def takes_imputed_features(model_cls) -> bool:
+    return bool(getattr(model_cls, "uses_features", True)) and getattr(model_cls, "handles_missing", "impute") == "impute"
+
+
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (MissingProtocol(), NewItemsProtocol(), MissingLevelProtocol(),
-                                                      MissingRatioProtocol(), RetrievalProtocol())}
-ALL_PROTOCOL_NAMES = ("missing", "new_items", "missing_level", "missing_ratio", "retrieval")
+                                                      MissingRatioProtocol(), RetrievalProtocol(),
+                                                      ImputationProtocol())}
+ALL_PROTOCOL_NAMES = ("missing", "new_items", "missing_level", "missing_ratio", "retrieval", "imputation")
+# ``--protocol all``: the paper's protocols (the imputation sweep multiplies the feature models' jobs)
+PAPER_PROTOCOL_NAMES = ("missing", "new_items", "missing_level", "missing_ratio", "retrieval")
 
 
 def get_protocol(name: str) -> Protocol:

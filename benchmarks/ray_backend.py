@@ -37,6 +37,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from .jobs import load_generated_for
 from .runner import MAX_WORKER_CRASHES, _crash_record
 from .store import ResultStore
 
@@ -111,21 +112,27 @@ def infeasible(requests: list[dict], nodes: list[dict]) -> list[dict]:
 
 # --------------------------------------------------------------------------- inside the worker
 
+# record fields naming files beside the record -> the store folder each goes to
+RESULT_FILES = {"per_user_file": "per_user", "generated_file": "generated"}
+
+
 def _ray_task(spec: dict, device: str, threads: int):
-    """Runs in a Ray worker: one job, its record and the bytes of its per-user metric file."""
+    """Runs in a Ray worker: one job, its record and the bytes of the files it wrote (per-user
+    metrics, generated features) by their path in the results dir."""
     import torch
 
     from .jobs import run_job
     torch.set_num_threads(threads)
     spec = dict(spec, config=dict(spec["config"], device=device))
-    per_user = None
+    files = {}
     with tempfile.TemporaryDirectory(prefix="dgmrec-ray-") as tmp:
         if spec.get("results_dir"):
-            spec["results_dir"] = tmp  # the driver writes the file into its own results dir
+            spec["results_dir"] = tmp  # the driver writes the files into its own results dir
         record = run_job(spec)
-        if record.get("per_user_file") and spec.get("results_dir"):
-            per_user = (Path(tmp) / record["per_user_file"]).read_bytes()
-    return record, per_user
+        for key in RESULT_FILES:
+            if record.get(key) and spec.get("results_dir"):
+                files[key] = (Path(tmp) / record[key]).read_bytes()
+    return record, files
 
 
 # --------------------------------------------------------------------------- the driver
@@ -153,6 +160,12 @@ class RayBackend:
             remote = ray.remote(_ray_task)
             refs = {}
             for spec, res, device in plans:
+                if spec.get("depends_on"):  # the generated features it imputes with live in the driver's store
+                    try:
+                        spec = dict(spec, generated=load_generated_for(spec))
+                    except ValueError as exc:
+                        record(_failed(spec, str(exc)))
+                        continue
                 opts = dict(res, max_retries=self.max_retries, retry_exceptions=False, name=task_name(spec))
                 refs[remote.options(**opts).remote(spec, device, max(1, int(res["num_cpus"])))] = spec
             remaining = list(refs)
@@ -220,7 +233,7 @@ class RayBackend:
     def _collect(self, ray, ref, spec: dict) -> dict:
         ex = ray.exceptions
         try:
-            rec, per_user = ray.get(ref)
+            rec, files = ray.get(ref)
         except ex.OutOfMemoryError as exc:
             return _failed(spec, "out of memory: Ray's memory monitor killed the worker process running this job "
                                  f"({_first_line(exc)})")
@@ -234,12 +247,12 @@ class RayBackend:
         except ex.RayError as exc:
             raise RayBackendError(f"the Ray cluster failed ({type(exc).__name__}: {_first_line(exc)}); finished "
                                   f"jobs are in the store, rerun the same command to resume") from exc
-        if per_user is not None and rec.get("per_user_file"):
-            # the driver names the file from the job id it planned: a record never picks the path
-            store = ResultStore(spec["results_dir"])
-            path = store.per_user_path(spec["job_id"])
-            _write_atomic(path, per_user)
-            rec["per_user_file"] = str(path.relative_to(store.dir))
+        store = ResultStore(spec["results_dir"])
+        for key, data in files.items():
+            # the driver names each file from the job id it planned: a record never picks the path
+            path = store.result_path(RESULT_FILES[key], spec["job_id"])
+            _write_atomic(path, data)
+            rec[key] = str(path.relative_to(store.dir))
         return rec
 
 

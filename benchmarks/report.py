@@ -41,11 +41,12 @@ from tabulate import tabulate
 from data_prep.errors import DataError
 from models.registry import GROUPS, PAPER_ORDER
 
+from . import report_axes
 from .store import ResultStore
 
-PROTOCOL_NAMES = ("missing", "new_items", "missing_level", "missing_ratio", "retrieval")
+PROTOCOL_NAMES = ("missing", "new_items", "missing_level", "missing_ratio", "retrieval", "imputation")
 JOB_PROTOCOL = {"missing": "missing", "new_items": "new_items", "missing_level": "missing",
-                "missing_ratio": "missing", "retrieval": "missing"}
+                "missing_ratio": "missing", "retrieval": "missing", "imputation": "missing"}
 TABLE_METRICS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50")
 LEVEL_METRICS = ("recall@20", "ndcg@20")
 SHORT = {"recall": "R", "ndcg": "N", "precision": "P", "map": "MAP"}
@@ -85,12 +86,14 @@ def _unique_jobs(records: list[dict]) -> list[dict]:
 
 
 def latest_settings(records: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(kept, superseded): for each (model, dataset, protocol, ratio, seed) the records of the grid
+    """(kept, superseded): for each (model, dataset, protocol, ratio, seed, missing-data axes) the records of the grid
     run that reached the store last. A results folder collects every run made into it, so a table
     is the union of those runs; where two runs trained the same cell under different settings,
     the newer one is shown and the older one is named in the index instead of being averaged in."""
-    def cell(r):
-        return (r.get("model"), r.get("dataset"), r.get("protocol"), r.get("missing_ratio"), r.get("seed"))
+    def cell(r):  # the missing-data axes are part of a cell: an imputation sweep holds several per seed
+        cfg = r.get("config") or {}
+        axes = tuple(str(cfg.get(k)) for k in ("missing_imputation", "missing_mechanism", "missing_ratio_per_modality"))
+        return (r.get("model"), r.get("dataset"), r.get("protocol"), r.get("missing_ratio"), r.get("seed")) + axes
 
     newest = {}
     for r in records:  # store order: later lines are newer
@@ -251,7 +254,8 @@ def data_caption(records: list[dict]) -> str:
             sched += "; first setting of each grid only"
         sched += "."
     text = (f"Data: {'; '.join(parts)}. Seeds: {', '.join(map(str, seeds))} ({n_txt}). "
-            f"{fixed_txt[0].upper() + fixed_txt[1:]}. Grid settings chosen by validation {'/'.join(vmetrics)}; "
+            f"{fixed_txt[0].upper() + fixed_txt[1:]}. {report_axes.axes_caption(records)} "
+            f"Grid settings chosen by validation {'/'.join(vmetrics)}; "
             f"test metrics at the best validation epoch.{sched}")
     if any(r.get("data_source") == "synthetic" for r in records):
         text += " SYNTHETIC REPLICA DATA: not comparable to the paper."
@@ -1056,21 +1060,35 @@ def write_report(records: list[dict], results_dir: str | Path, protocols=None, s
         from . import figures as fig_lib
     else:
         fig_lib = None
+    from . import report_groups, report_imputation, report_stats
+    every_record = records
+    records, axes_notes = report_axes.primary_records(records)  # one imputation/mechanism in the paper layouts
+    if set(protocols) - {"imputation"}:
+        notes.extend(axes_notes)
 
     for protocol in protocols:
         before = len(written)
         if protocol in ("missing", "new_items"):
             sec = _report_main(records, protocol, out, store, written, notes)
+            sec += report_stats.section(records, protocol, out, store, written)
         elif protocol == "missing_level":
             sec = _report_level(records, out, written, fig_lib)
         elif protocol == "missing_ratio":
             sec = _report_ratio(records, out, written, fig_lib)
+        elif protocol == "imputation":
+            sec = report_imputation.section(every_record, out, written, fig_lib)
         else:
             sec = _report_retrieval(records, out, written, notes)
         index.append(f"## {_SECTION_TITLES[protocol]}\n")
         index.extend(sec)
         if len(written) == before and not sec:
             index.append("No results for this protocol in this run.\n")
+        index.append("")
+
+    groups_sec = report_groups.section(records, protocols, out, written, fig_lib)
+    if groups_sec:
+        index.append("## Per-group results and exposure\n")
+        index.extend(groups_sec)
         index.append("")
 
     # cost over the records behind the requested tables
@@ -1095,9 +1113,9 @@ def write_report(records: list[dict], results_dir: str | Path, protocols=None, s
                     index.append(_figure_links(files))
         index.append("")
 
-    failed = [r for r in records if r.get("status") == "failed"]
+    failed = [r for r in every_record if r.get("status") == "failed"]
     head = ["# Results in this folder", ""]
-    ok = [r for r in records if r.get("status") == "ok"]
+    ok = [r for r in every_record if r.get("status") == "ok"]
     head.append(f"{len(ok)} finished jobs, {len(failed)} failed; protocols: {', '.join(protocols) or 'none'}. "
                 f"The tables cover every run made into this folder (its `results.jsonl`); every table and "
                 f"figure is linked below.")
@@ -1131,7 +1149,8 @@ _SECTION_TITLES = {"missing": "Table 1: missing modalities (`missing`)",
                    "new_items": "Table 2: missing modalities and new items (`new_items`)",
                    "missing_level": "Missing-level analysis (`missing_level`)",
                    "missing_ratio": "Missing-ratio analysis (`missing_ratio`)",
-                   "retrieval": "Cross-modal retrieval (`retrieval`)"}
+                   "retrieval": "Cross-modal retrieval (`retrieval`)",
+                   "imputation": "Imputation methods (`imputation`)"}
 
 
 def present_protocols(records: list[dict]) -> list[str]:
@@ -1148,6 +1167,9 @@ def present_protocols(records: list[dict]) -> list[str]:
             out.append("missing_ratio")
         if any("retrieval" in (r.get("extra") or {}) for r in records):
             out.append("retrieval")
+        if len({report_axes.imputation_of(r) for r in records if r.get("protocol") == "missing"
+                and report_axes.uses_features(r)}) > 1:
+            out.append("imputation")
     return out
 
 

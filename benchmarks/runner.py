@@ -22,7 +22,7 @@ from . import registry_entry
 from .config import check_sets, check_values, expand_grid, resolve
 from .jobs import DEFAULT_DATA_ROOT, PAPER_DATASETS, DatasetRef, code_version, job_id, load_dataset, resolve_dataset, run_job, spec_dict
 from .progress import ProgressBoard, QueueDrain, job_label
-from .protocols import get_protocol
+from .protocols import GENERATOR_MODEL, check_axes, get_protocol
 from .store import ResultStore
 
 PAPER_SEEDS = (999, 42, 2023, 2024, 2025)
@@ -97,40 +97,75 @@ def plan(opts: RunOptions) -> Plan:
     banner.append(f"seeds: {','.join(map(str, seeds))}" + (" (one seed: quick run)" if all_quick and not opts.seeds else ""))
     version = code_version()
     jobs = []
+    generator = None
     for proto in protocols:
         for name, d in datasets.items():
             ref = d["ref"]
             ds = load_dataset(ref)
             fingerprint = ds.fingerprint_digest()
+
+            def specs(entry, cfg, ratio, seed, **extra):
+                return _job_specs(entry, proto, ref, cfg, ratio, seed, fingerprint, version, opts, **extra)
+
             for entry in entries:
                 if not proto.accepts(entry.cls):
                     continue
-                cfg = resolve(entry, ref.kind, opts.sets, d["quick"])
-                for ratio in proto.ratios(ds, cfg):
-                    for seed in seeds:
-                        group_identity = {"model": entry.name, "dataset": ref.name, "protocol": proto.job_protocol,
-                                          "missing_ratio": ratio, "seed": seed, "config": identity_config(cfg),
-                                          "fingerprint": fingerprint}
-                        settings = expand_grid(cfg, entry.cls.list_params)
-                        if cfg.get("grid_limit"):  # quick runs train only the first grid setting(s)
-                            settings = settings[:int(cfg["grid_limit"])]
-                        for setting in settings:
-                            setting = dict(setting, seed=seed, missing_ratio=ratio)
-                            identity = dict(group_identity, config=identity_config(setting))
-                            jobs.append({
-                                "job_id": job_id(identity), "grid_group": job_id(group_identity),
-                                "grid_keys": setting["grid_keys"], "grid_size": len(settings),
-                                "model": entry.name, "group": entry.group, "dataset": ref.name,
-                                "dataset_kind": ref.kind, "data_source": ref.source, "dataset_ref": spec_dict(ref),
-                                "protocol": proto.job_protocol, "missing_ratio": ratio, "seed": seed, "config": setting,
-                                "fingerprint": fingerprint, "code_version": version,
-                                "results_dir": opts.results_dir, "cache_dir": opts.cache_dir,
-                            })
+                base = resolve(entry, ref.kind, opts.sets, d["quick"])
+                for variant in proto.variants(ds, base, entry.cls):
+                    cfg = dict(base, **variant)
+                    check_axes(ds, cfg)
+                    for ratio in proto.ratios(ds, cfg):
+                        for seed in seeds:
+                            if cfg.get("missing_imputation") != "generated":
+                                jobs.extend(specs(entry, cfg, ratio, seed))
+                                continue
+                            # the generating model's jobs on the same data come first; their
+                            # generated features are this job's imputation
+                            generator = generator or registry_entry(GENERATOR_MODEL)
+                            gcfg = resolve(generator, ref.kind, opts.sets, d["quick"])
+                            if gcfg.get("missing_imputation") == "generated":
+                                gcfg["missing_imputation"] = "mean"
+                            producers = specs(generator, gcfg, ratio, seed, save_generated=True)
+                            jobs.extend(producers)
+                            jobs.extend(specs(entry, dict(cfg, generated_from=producers[0]["grid_group"]), ratio,
+                                              seed, depends_on=[p["job_id"] for p in producers]))
     if not jobs and entries:
         raise ValueError(f"no selected model applies to protocol(s) {', '.join(opts.protocols)} "
-                         f"(retrieval needs a model with generated_features(), such as DGMRec)")
-    unique = list({j["job_id"]: j for j in jobs}.values())  # protocols of one family share jobs
-    return Plan(unique, banner, datasets, seeds)
+                         f"(retrieval needs a model with generated_features(), such as DGMRec; imputation a model "
+                         f"that takes imputed features)")
+    unique: dict[str, dict] = {}
+    for j in jobs:  # protocols of one family share jobs; a job that produces features for others says so
+        if j["job_id"] in unique and j.get("save_generated"):
+            unique[j["job_id"]]["save_generated"] = True
+        unique.setdefault(j["job_id"], j)
+    if generator is not None and generator.name not in {e.name for e in entries}:
+        banner.append(f"imputation 'generated': {generator.name} jobs are added to generate the features")
+    return Plan(list(unique.values()), banner, datasets, seeds)
+
+
+def _job_specs(entry, proto, ref, cfg: dict, ratio: float, seed: int, fingerprint: str, version: str,
+               opts: RunOptions, **extra) -> list[dict]:
+    """The job specs of one (model, dataset, protocol, ratio, seed): one per grid setting."""
+    group_identity = {"model": entry.name, "dataset": ref.name, "protocol": proto.job_protocol,
+                      "missing_ratio": ratio, "seed": seed, "config": identity_config(cfg),
+                      "fingerprint": fingerprint}
+    settings = expand_grid(cfg, entry.cls.list_params)
+    if cfg.get("grid_limit"):  # quick runs train only the first grid setting(s)
+        settings = settings[:int(cfg["grid_limit"])]
+    out = []
+    for setting in settings:
+        setting = dict(setting, seed=seed, missing_ratio=ratio)
+        identity = dict(group_identity, config=identity_config(setting))
+        out.append({
+            "job_id": job_id(identity), "grid_group": job_id(group_identity),
+            "grid_keys": setting["grid_keys"], "grid_size": len(settings),
+            "model": entry.name, "group": entry.group, "dataset": ref.name,
+            "dataset_kind": ref.kind, "data_source": ref.source, "dataset_ref": spec_dict(ref),
+            "protocol": proto.job_protocol, "missing_ratio": ratio, "seed": seed, "config": setting,
+            "fingerprint": fingerprint, "code_version": version,
+            "results_dir": opts.results_dir, "cache_dir": opts.cache_dir, **extra,
+        })
+    return out
 
 
 def worker_threads(n_workers: int) -> int:
@@ -167,6 +202,15 @@ def execute(jobs: list[dict], store: ResultStore, n_workers: int = 1, progress: 
         if j["job_id"] not in done and j["job_id"] not in seen:
             seen.add(j["job_id"])
             pending.append(j)
+    # A finished job whose generated features a pending job needs but never saved them (it ran
+    # before it had a dependent) runs again; its new record supersedes the old one.
+    needed = {p for j in pending for p in j.get("depends_on") or ()}
+    status = {r["job_id"]: r.get("status") for r in store.records(warn=False)} if needed else {}
+    for j in jobs:
+        if j["job_id"] in needed and j["job_id"] not in seen and status.get(j["job_id"]) == "ok" \
+                and not store.has_generated(j["job_id"]):
+            seen.add(j["job_id"])
+            pending.append(j)
     counts = {"planned": len(jobs), "skipped": len(jobs) - len(pending), "ok": 0, "failed": 0}
     board = ProgressBoard(len(pending), enabled=progress)
 
@@ -179,7 +223,12 @@ def execute(jobs: list[dict], store: ResultStore, n_workers: int = 1, progress: 
 
     try:
         with _sigterm_as_interrupt():
-            _dispatch(pending, record, n_workers, board, devices, run_pending, fresh_workers)
+            # jobs that read another job's output run after every job they may read from
+            first = [j for j in pending if not j.get("depends_on")]
+            then = [j for j in pending if j.get("depends_on")]
+            for stage in (first, then):
+                if stage:
+                    _dispatch(stage, record, n_workers, board, devices, run_pending, fresh_workers)
     finally:
         board.close()
     return counts

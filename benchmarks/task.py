@@ -84,6 +84,13 @@ class Task:
     device: torch.device = torch.device("cpu")
     cache: ArtifactCache | None = None
     content_hash: dict[str, str] = field(default_factory=dict)  # what derived-artefact cache keys build on
+    # item flags of the groups every test pass also reports ('complete', 'missing', 'new', 'warm',
+    # 'popular', 'unpopular'; see protocols.item_groups)
+    item_groups: dict[str, np.ndarray] = field(default_factory=dict)
+    mechanism: str = "uniform"
+    imputation_info: dict = field(default_factory=dict)  # modality -> {"filled": rows, "fallback": rows}
+    # missing_mechanism test_only: the masked task the test passes score (this task is complete)
+    test_task: "Task | None" = None
 
     @property
     def missing_modal(self) -> bool:

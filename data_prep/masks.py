@@ -208,3 +208,89 @@ def missing_level(groups: dict, n_items: int, n_modalities: int | None = None) -
     for key, ids in groups.items():
         level[np.asarray(ids, dtype=np.int64)] = n_mod if key == "all" else len(key)
     return level
+
+
+# --------------------------------------------------------------------------- other missingness mechanisms
+
+def _groups_from_sets(missing_sets: dict[str, np.ndarray], modalities: tuple, n_items: int,
+                      source: str) -> dict[str, np.ndarray]:
+    """Mask groups from per-modality missing flags: the group key names the missing modalities
+    ('tv' lacks text and image) and 'all' lacks every one, as in the shipped files."""
+    n_mod = len(modalities)
+    if n_mod not in _PARTS:
+        raise ValueError(f"masks need 2 or 3 modalities, got {modalities}")
+    code = np.zeros(n_items, dtype=np.int64)
+    for j, m in enumerate(modalities):
+        code |= np.asarray(missing_sets[m], dtype=bool).astype(np.int64) << j
+    groups = {}
+    for key in MASK_KEYS[n_mod]:
+        lacks = set(modalities) if key == "all" else set(key)
+        want = sum(1 << j for j, m in enumerate(modalities) if m in lacks)
+        groups[key] = np.flatnonzero(code == want).astype(np.int64)
+    return check_mask(groups, n_items, n_mod, source)
+
+
+def draw_popularity_mask(train_counts: np.ndarray, ratio: float, n_modalities: int, seed: int = 1225,
+                         strata: dict | None = None) -> dict[str, np.ndarray]:
+    """Missing-modality groups where rarely interacted items lose modalities more often.
+
+    The number of missing items is the uniform draw's (``int(ratio*|stratum|)`` summed over the
+    paper's strata, so both mechanisms mask the same share of the catalogue). The items are a
+    weighted draw without replacement, weight ``1 / (1 + training count)``, by the
+    Efraimidis-Spirakis keys ``log(u) / w`` of one ``RandomState(seed)`` stream: the drawn set at
+    a ratio is a prefix of one fixed ranking, so masks are nested across ratios. Drawn items go
+    to the groups round-robin in draw order (2 modalities: t, v, all, all; 3: the ninths of the
+    uniform draw), so every group has the same popularity profile and an item keeps its group
+    at every ratio.
+    """
+    counts = np.asarray(train_counts)
+    if counts.ndim != 1:
+        raise ValueError(f"train_counts must be a 1-D array (one count per item), got shape {counts.shape}")
+    if n_modalities not in _PARTS:
+        raise ValueError(f"masks need 2 or 3 modalities, got {n_modalities}")
+    if (counts < 0).any():
+        raise ValueError("train_counts must be non-negative")
+    r = _effective_ratio(ratio)
+    strata = item_strata(counts) if strata is None else strata
+    n_missing = sum(int(r * len(strata[k])) for k in STRATA)
+    rs = np.random.RandomState(seed)
+    u = rs.random_sample(len(counts))
+    keys = np.log(np.maximum(u, np.finfo(float).tiny)) * (1.0 + counts.astype(np.float64))
+    drawn = np.argsort(-keys, kind="stable")[:n_missing].astype(np.int64)
+    parts = _PARTS[n_modalities]
+    slot = np.arange(len(drawn)) % len(parts)
+    groups = {k: drawn[np.isin(slot, [p for p, key in enumerate(parts) if key == k])]
+              for k in MASK_KEYS[n_modalities]}
+    return check_mask(groups, len(counts), n_modalities, f"popularity mask at ratio {mask_file_ratio(ratio)}")
+
+
+def draw_per_modality_mask(strata: dict, ratios: dict[str, float], modalities: tuple, seed: int = 1225,
+                           n_items: int | None = None) -> dict[str, np.ndarray]:
+    """Each modality missing independently at its own ratio (e.g. image 0.8, text 0.2).
+
+    Modality j of ``modalities`` draws, in every stratum of the paper (new/old x cold/warm),
+    ``int(ratios[m]*|stratum|)`` items: a prefix of one ``RandomState(seed + j)`` permutation
+    of the stratum, so a modality's missing set is nested across its ratios and spread evenly
+    over rarely and often trained items. An item's group names the modalities it lost.
+    """
+    missing = [k for k in STRATA if k not in strata]
+    if missing:
+        raise ValueError(f"strata lack {missing}; expected keys {list(STRATA)} (see item_strata)")
+    unknown = sorted(set(ratios) - set(modalities))
+    if unknown:
+        raise ValueError(f"per-modality ratios name unknown modality(ies) {unknown}; the data has {list(modalities)}")
+    if n_items is None:
+        n_items = sum(len(strata[k]) for k in STRATA)
+    sets = {}
+    for j, m in enumerate(modalities):
+        r = float(ratios.get(m, 0.0))
+        if not 0.0 <= r < 1.0:
+            raise ValueError(f"the missing ratio of modality {m!r} must lie in [0, 1), got {r}")
+        rs = np.random.RandomState(seed + j)
+        flags = np.zeros(n_items, dtype=bool)
+        for name in STRATA:
+            stratum = np.asarray(strata[name], dtype=np.int64)
+            flags[rs.permutation(stratum)[: int(r * len(stratum))]] = True
+        sets[m] = flags
+    label = ", ".join(f"{m} {float(ratios.get(m, 0.0)):g}" for m in modalities)
+    return _groups_from_sets(sets, tuple(modalities), n_items, f"per-modality mask ({label})")

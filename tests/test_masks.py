@@ -224,3 +224,69 @@ def test_levels_of_the_shipped_tiktok_mask():
     assert miss["t"].sum() == 445 + 447 + 446 + 1343
     assert miss["v"].sum() == 447 + 447 + 448 + 1343
     assert miss["a"].sum() == 448 + 446 + 448 + 1343
+
+
+# --------------------------------------------------------------------------- other mechanisms
+
+def _power_counts(n, seed=0):
+    return np.random.default_rng(seed).zipf(1.8, n).clip(max=500) - 1
+
+
+def test_popularity_mask_marginal_ratio_and_correlation_with_popularity():
+    from scipy.stats import spearmanr
+    from data_prep.masks import draw_popularity_mask
+    counts = _power_counts(3000)
+    strata = item_strata(counts)
+    uniform = draw_missing_mask(strata, 0.6, 2)
+    pop = draw_popularity_mask(counts, 0.6, 2)
+    n_uniform = sum(len(v) for v in uniform.values())
+    assert sum(len(v) for v in pop.values()) == n_uniform == sum(int(0.6 * len(strata[k])) for k in STRATA)
+    flags = np.zeros(3000, bool)
+    flags[_union(pop)] = True
+    rho = spearmanr(flags, counts).statistic
+    assert rho < -0.3, rho  # rarely interacted items miss more often
+    order = np.argsort(counts, kind="stable")
+    assert flags[order[:600]].mean() > 0.75 and flags[order[-600:]].mean() < 0.25  # 0.81 / 0.14 here
+    u_flags = np.zeros(3000, bool)
+    u_flags[_union(uniform)] = True
+    assert abs(spearmanr(u_flags, counts).statistic) < 0.1  # the paper's draw: independent of popularity
+    # groups: round-robin over the draw, t / v / all in proportion 1 / 1 / 2
+    assert abs(len(pop["t"]) - len(pop["v"])) <= 1 and abs(len(pop["all"]) - 2 * len(pop["t"])) <= 2
+    three = draw_popularity_mask(counts, 0.6, 3)
+    assert set(three) == set(MASK_KEYS[3]) and sum(len(v) for v in three.values()) == n_uniform
+
+
+def test_popularity_masks_are_nested_and_keep_groups():
+    from data_prep.masks import draw_popularity_mask
+    counts = _power_counts(1000, seed=4)
+    lo, hi = draw_popularity_mask(counts, 0.4, 2), draw_popularity_mask(counts, 0.8, 2)
+    assert set(_union(lo)) < set(_union(hi))
+    for key in lo:
+        assert set(lo[key]) <= set(hi[key])  # an item keeps its group at a higher ratio
+    assert np.array_equal(_union(draw_popularity_mask(counts, 0.4, 2)), _union(lo))  # deterministic
+    assert set(_union(draw_popularity_mask(counts, 0.4, 2, seed=1))) != set(_union(lo))
+
+
+def test_per_modality_mask_ratios_groups_and_nesting():
+    from data_prep.masks import draw_per_modality_mask
+    counts = _counts(2000, seed=5)
+    strata = item_strata(counts)
+    g = draw_per_modality_mask(strata, {"v": 0.8, "t": 0.2}, ("v", "t"))
+    miss = per_modality_missing(g, ("v", "t"), 2000)
+    assert miss["v"].sum() == sum(int(0.8 * len(strata[k])) for k in STRATA)
+    assert miss["t"].sum() == sum(int(0.2 * len(strata[k])) for k in STRATA)
+    both = miss["v"] & miss["t"]
+    assert np.array_equal(np.sort(g["all"]), np.flatnonzero(both))
+    assert np.array_equal(np.sort(g["v"]), np.flatnonzero(miss["v"] & ~miss["t"]))
+    # independent draws: about 0.8 * 0.2 of the items miss both
+    assert abs(both.mean() - 0.16) < 0.03
+    lower = per_modality_missing(draw_per_modality_mask(strata, {"v": 0.5, "t": 0.2}, ("v", "t")), ("v", "t"), 2000)
+    assert not (lower["v"] & ~miss["v"]).any() and np.array_equal(lower["t"], miss["t"])
+    # three modalities: pair groups are named by the modalities they lack; audio left out = 0
+    g3 = draw_per_modality_mask(strata, {"v": 0.5, "t": 0.5}, ("v", "t", "a"))
+    m3 = per_modality_missing(g3, ("v", "t", "a"), 2000)
+    assert not m3["a"].any() and len(g3["tv"]) == (m3["v"] & m3["t"]).sum() and len(g3["all"]) == 0
+    with pytest.raises(ValueError, match="unknown modality"):
+        draw_per_modality_mask(strata, {"x": 0.5}, ("v", "t"))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\)"):
+        draw_per_modality_mask(strata, {"v": 1.0}, ("v", "t"))

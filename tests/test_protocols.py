@@ -146,3 +146,96 @@ def test_masked_and_unmasked_runs_never_share_a_cached_artefact(tiktok, tmp_path
     ui_adjacency(full), ui_adjacency(new)
     assert [k for k, _, status in cache.log if k == "ui_sym"].count("ui_sym") == 2
     assert len({key for kind, key, _ in cache.log if kind == "ui_sym"}) == 2
+
+
+# --------------------------------------------------------------------------- mechanisms, groups, imputation protocol
+
+def test_mechanism_keys_and_their_errors():
+    from benchmarks.protocols import normalize_mechanism, per_modality_ratios
+    assert normalize_mechanism({}) == "uniform"
+    assert normalize_mechanism({"missing_ratio_per_modality": {"image": 0.5}}) == "per_modality"
+    assert per_modality_ratios({"missing_ratio_per_modality": {"image": 0.8, "Text": 0.2}}, ("v", "t")) == \
+        {"v": 0.8, "t": 0.2}
+    with pytest.raises(ProtocolError, match="missing_mechanism must be one of"):
+        normalize_mechanism({"missing_mechanism": "random"})
+    with pytest.raises(ProtocolError, match="needs missing_ratio_per_modality"):
+        normalize_mechanism({"missing_mechanism": "per_modality"})
+    with pytest.raises(ProtocolError, match="applies to missing_mechanism per_modality only"):
+        normalize_mechanism({"missing_mechanism": "popularity", "missing_ratio_per_modality": {"v": 0.2}})
+    with pytest.raises(ProtocolError, match="unknown modality 'audio'"):
+        per_modality_ratios({"missing_ratio_per_modality": {"audio": 0.2}}, ("v", "t"))
+    with pytest.raises(ProtocolError, match=r"must lie in \[0, 1\)"):
+        per_modality_ratios({"missing_ratio_per_modality": {"v": 1.2}}, ("v", "t"))
+    with pytest.raises(ProtocolError, match="missing_imputation must be one of"):
+        normalize_imputation("median")
+
+
+def test_item_groups_against_a_hand_count():
+    from benchmarks.protocols import item_groups
+    missing = {"v": np.array([1, 0, 0, 0, 0, 1, 0, 0, 0, 0], bool), "t": np.array([0, 1, 0, 0, 0, 1, 0, 0, 0, 0], bool)}
+    new = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1], bool)
+    counts = np.array([5, 0, 3, 9, 1, 2, 7, 4, 0, 0])
+    g = item_groups(missing, new, counts)
+    assert np.flatnonzero(g["missing"]).tolist() == [0, 1, 5]
+    assert np.flatnonzero(g["complete"]).tolist() == [2, 3, 4, 6, 7, 8, 9]
+    assert np.flatnonzero(g["new"]).tolist() == [8, 9] and g["warm"].sum() == 8
+    # 20% of 10 items = 2: most trained 3 (9) and 6 (7); least: the zeros 1, 8 (ties by item id)
+    assert np.flatnonzero(g["popular"]).tolist() == [3, 6] and np.flatnonzero(g["unpopular"]).tolist() == [1, 8]
+    assert set(item_groups({"v": np.zeros(10, bool)}, np.zeros(10, bool), counts)) == {"popular", "unpopular"}
+
+
+class FixedScores(torch.nn.Module):
+    """Scores item i as 10 - i for every user: the ranking is 0, 1, 2, ..."""
+    device = torch.device("cpu")
+
+    def begin_scoring(self):
+        pass
+
+    def end_scoring(self):
+        pass
+
+    def full_sort_predict(self, users):
+        return (10.0 - torch.arange(6, dtype=torch.float32)).expand(len(users), -1).clone()
+
+
+def test_group_metrics_and_exposure_against_a_hand_count():
+    from benchmarks.evaluation import Evaluator
+    from benchmarks.task import EvalSet, Task
+    test = EvalSet.from_pairs("test", np.array([0, 0, 1, 1, 2]), np.array([1, 4, 2, 5, 3]))
+    task = Task("d", "baby", "missing", 3, 6, np.array([0, 1, 2]), np.array([0, 0, 0]), {}, (), {}, {},
+                np.zeros(6, bool), test, test)
+    ev = Evaluator(task, topk=(2,), metrics=("recall",))
+    groups = {"missing": np.array([0, 1, 0, 1, 0, 0], bool)}
+    means, _, _, g = ev.evaluate_groups(FixedScores(), test, groups, exposure_k=2)
+    # item 0 is every user's training item: each top-2 list is items 1, 2
+    assert means["recall@2"] == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
+    # group "missing" (items 1, 3): user 0 holds item 1 (hit), user 2 holds item 3 (miss), user 1 none
+    assert g.users["missing"].tolist() == [0, 2] and g.counts["missing"] == (2, 2)
+    assert g.vectors["missing"]["recall@2"].tolist() == [1.0, 0.0]
+    # exposure: 3 of the 6 top-2 slots are item 1 (missing); the group is 2 of 6 items
+    assert g.exposure["missing"] == {"top2_share": 0.5, "catalogue_share": pytest.approx(1 / 3)}
+
+
+def test_test_only_trains_on_complete_features_and_tests_masked_ones():
+    from data_prep.synthetic import make_replica
+    ds = make_replica("baby", scale=0.02, seed=7)
+    task = get_protocol("missing_level").build_task(ds, {"missing_mechanism": "test_only"}, FeatureModel, 0.666)
+    plain = get_protocol("missing_level").build_task(ds, {}, FeatureModel, 0.666)
+    assert not task.missing_modal and torch.equal(task.features["v"], torch.from_numpy(ds.features["v"]))
+    assert task.test_task.missing_modal
+    assert all(torch.equal(task.test_task.features[m], plain.features[m]) for m in ds.modalities)
+    assert task.extra_eval["test_level2"].n_interactions == plain.extra_eval["test_level2"].n_interactions > 0
+    assert np.array_equal(task.item_groups["missing"], plain.item_groups["missing"])
+
+
+def test_imputation_protocol_sweeps_models_that_take_imputed_features():
+    from benchmarks.protocols import imputation_sweep
+    from models.registry import get
+    p = get_protocol("imputation")
+    assert not p.accepts(LightGCN) and p.accepts(FeatureModel) and not p.accepts(NativeModel)
+    vbpr, dgm = get("VBPR").cls, get("DGMRec").cls
+    methods = [v["missing_imputation"] for v in p.variants(None, {}, vbpr)]
+    assert all(v["imputation_sweep"] is None for v in p.variants(None, {}, vbpr))
+    assert methods == ["zero", "mean", "feature_knn", "graph_mean", "multi_hop", "ppr", "heat", "generated"]
+    assert "generated" not in [v["missing_imputation"] for v in p.variants(None, {}, dgm)]
+    assert imputation_sweep({"imputation_sweep": "mean, ppr"}) == ["mean", "ppr"]

@@ -216,3 +216,26 @@ def test_grid_on_local_ray_survives_killed_workers(tmp_path):
             except ProcessLookupError:
                 pass
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_ray_task_ships_generated_features_and_takes_them_in_the_spec(tmp_path):
+    """A Ray worker writes into a temporary folder: the DGMRec job's generated features come back as
+    bytes (like the per-user file), and a dependent job gets them in its spec from the driver's store."""
+    from benchmarks.jobs import load_generated_for
+    from benchmarks.ray_backend import _ray_task
+    from benchmarks.runner import RunOptions, plan
+    opts = RunOptions(protocols=["imputation"], datasets=["synthetic:baby"], models=["VBPR"], seeds=[1],
+                      data_root=str(tmp_path / "none"), quick=True, scale=0.03, results_dir=str(tmp_path / "res"),
+                      cache_dir=None, progress=False, sets={"epochs": 1, "imputation_sweep": ["generated"]})
+    jobs = {j["model"]: j for j in plan(opts).jobs}
+    store = ResultStore(opts.results_dir)
+    rec, files = _ray_task(jobs["DGMRec"], "cpu", 1)
+    assert rec["status"] == "ok" and set(files) == {rec["per_user_file"], rec["generated_file"]}
+    store.append(rec)
+    for rel, data in files.items():
+        (store.dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (store.dir / rel).write_bytes(data)
+    dep = dict(jobs["VBPR"], generated=load_generated_for(jobs["VBPR"]))
+    rec, _ = _ray_task(dep, "cpu", 1)
+    assert rec["status"] == "ok", rec.get("error")
+    assert rec["missing_axes"]["imputation"] == "generated"

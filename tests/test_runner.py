@@ -136,6 +136,10 @@ def test_unknown_model_and_bad_flags():
         check_sets({"epochz": 3}, [get("LightGCN")])
     assert run_all.main(["--models", "Nope", "--no-progress"]) == 2
     assert run_all.main(["--set", "learning_rat=1", "--models", "MFBPR", "--no-progress"]) == 2
+    for bad in ("missing_imputation=median", "missing_mechanism=random", "imputation_k=0",
+                "missing_ratio_per_modality={sound: 0.5}"):  # refused before any job runs
+        assert run_all.main(["--set", bad, "--models", "VBPR", "--datasets", "synthetic:baby", "--quick",
+                             "--no-progress", "--results-dir", "/nonexistent/never-written"]) == 2, bad
     with pytest.raises(SystemExit):
         run_all.main(["--protocol", "bogus"])
 
@@ -294,3 +298,50 @@ def test_sigterm_stops_the_workers_and_the_grid_resumes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     ids = [json.loads(line)["job_id"] for line in results.read_text().splitlines() if line.strip()]
     assert len(ids) == 20 and len(set(ids)) == 20
+
+
+def test_generated_imputation_runs_after_the_dgmrec_job_it_reads(tmp_path):
+    """--protocol imputation: the generated-feature job of VBPR depends on the DGMRec job of the same
+    dataset, ratio and seed, which saves its generated features; a lost file reruns the producer."""
+    opts = _opts(tmp_path, ["VBPR"], protocols=["imputation"], seeds=[1], datasets=["synthetic:baby"],
+                 sets={"epochs": 1, "imputation_sweep": ["mean", "generated"]})
+    p = plan(opts)
+    by = {(j["model"], j["config"]["missing_imputation"]): j for j in p.jobs}
+    assert set(by) == {("VBPR", "mean"), ("VBPR", "generated"), ("DGMRec", "mean")}
+    producer, dependent = by[("DGMRec", "mean")], by[("VBPR", "generated")]
+    assert producer["save_generated"] and dependent["depends_on"] == [producer["job_id"]]
+    assert dependent["config"]["generated_from"] == producer["grid_group"]
+    assert any("DGMRec jobs are added" in line for line in p.banner)
+    # the mean job is the plain missing-protocol job (same id)
+    plain = plan(_opts(tmp_path, ["VBPR"], seeds=[1], datasets=["synthetic:baby"], sets={"epochs": 1}))
+    assert by[("VBPR", "mean")]["job_id"] in {j["job_id"] for j in plain.jobs}
+    store = ResultStore(opts.results_dir)
+    order = []
+    counts = execute(p.jobs[::-1], store, n_workers=0, progress=False, on_record=lambda r: order.append(r["model"]))
+    assert counts["ok"] == 3 and order[-1] == "VBPR"
+    recs = {(r["model"], r["config"]["missing_imputation"]): r for r in store.records()}
+    assert recs[("VBPR", "generated")]["missing_axes"]["imputation"] == "generated"
+    gen = store.load_generated(producer["job_id"])
+    assert set(gen) == {"v", "t"} and all(len(ids) > 0 for ids, _ in gen.values())
+    fq_gen = recs[("VBPR", "generated")]["extra"]["feature_quality"]
+    fq_mean = recs[("VBPR", "mean")]["extra"]["feature_quality"]
+    assert fq_gen["imputed_v_cosine"] != fq_mean["imputed_v_cosine"]
+    assert "generated_v_cosine" in recs[("DGMRec", "mean")]["extra"]["feature_quality"]
+    # the file is gone: the producer runs again before its dependent is retried
+    (store.generated_dir / f"{producer['job_id']}.npz").unlink()
+    store2 = ResultStore(opts.results_dir)
+    rerun = [r for r in store2.records() if r["job_id"] != dependent["job_id"]]
+    store2.path.write_text("".join(json.dumps(r) + "\n" for r in rerun))
+    order.clear()
+    execute(p.jobs, store2, n_workers=0, progress=False, on_record=lambda r: order.append(r["model"]))
+    assert order == ["DGMRec", "VBPR"] and store2.has_generated(producer["job_id"])
+
+
+def test_generated_imputation_fails_clearly_without_its_producer(tmp_path):
+    opts = _opts(tmp_path, ["VBPR"], seeds=[1], datasets=["synthetic:baby"],
+                 sets={"epochs": 1, "missing_imputation": "generated"})
+    jobs = [j for j in plan(opts).jobs if j["model"] == "VBPR"]
+    store = ResultStore(opts.results_dir)
+    execute(jobs, store, n_workers=0, progress=False)
+    rec = store.records()[0]
+    assert rec["status"] == "failed" and "no finished DGMRec job saved generated features" in rec["error"]
