@@ -135,7 +135,7 @@ class Evaluator:
         k_exp = min(int(exposure_k), n_items)
         per_user: dict[str, list[torch.Tensor]] = {}
         g_vals: dict[str, dict[str, list[torch.Tensor]]] = {g: {} for g in groups}
-        g_rows: dict[str, list[torch.Tensor]] = {g: [] for g in groups}
+        g_rows: dict[str, list[torch.Tensor]] = {g: [] for g in groups}  # per row: the group's test items
         slots = {g: torch.zeros((), dtype=torch.int64, device=device) for g in groups}  # read once, after
         n_slots = 0
         nan_seen = torch.zeros((), dtype=torch.bool, device=device)
@@ -169,13 +169,14 @@ class Evaluator:
                         per_user.setdefault(name, []).append(v)
                     n_slots += (hi - lo) * k_exp
                     for g, flags in groups.items():
+                        # every row is scored and rows without a group item are dropped after the
+                        # pass: selecting them here would size tensors by values (a host wait per batch)
                         slots[g] += flags[top[:, :k_exp]].sum()
-                        g_pos = torch.bincount(gp[flags[gi]], minlength=hi - lo)
-                        keep = g_pos > 0
+                        g_pos = torch.zeros(hi - lo, dtype=torch.long, device=device).index_add_(0, gp, flags[gi].long())
                         g_hits = hits & flags[top[:, :k_max]]
-                        for name, v in rank_metrics(g_hits[keep], g_pos[keep], self.topk, self.metrics).items():
+                        for name, v in rank_metrics(g_hits, g_pos, self.topk, self.metrics).items():
                             g_vals[g].setdefault(name, []).append(v)
-                        g_rows[g].append(torch.arange(lo, hi, device=device)[keep])
+                        g_rows[g].append(g_pos)
                 model.end_scoring()
         finally:
             model.train(was_training)
@@ -185,8 +186,9 @@ class Evaluator:
         means = {k: float(v.mean()) if len(v) else 0.0 for k, v in vectors.items()}
         result = GroupMetrics()
         for g, flags in groups.items():
-            rows = torch.cat(g_rows[g]).cpu().numpy() if g_rows[g] else np.zeros(0, np.int64)
-            vec = {k: torch.cat(v).cpu().numpy() for k, v in g_vals[g].items()}
+            has_items = torch.cat(g_rows[g]).cpu().numpy() > 0 if g_rows[g] else np.zeros(0, bool)
+            rows = np.flatnonzero(has_items)
+            vec = {k: torch.cat(v).cpu().numpy()[has_items] for k, v in g_vals[g].items()}
             vec = {k: v for k, v in vec.items() if len(v)}  # a group no evaluated user has: no metrics
             result.vectors[g] = vec
             result.users[g] = eval_set.users[rows]

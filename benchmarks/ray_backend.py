@@ -118,7 +118,7 @@ RESULT_FILES = {"per_user_file": "per_user", "generated_file": "generated"}
 
 def _ray_task(spec: dict, device: str, threads: int):
     """Runs in a Ray worker: one job, its record and the bytes of the files it wrote (per-user
-    metrics, generated features) by their path in the results dir."""
+    metrics, generated features) by the record field that names them."""
     import torch
 
     from .jobs import run_job

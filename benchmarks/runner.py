@@ -264,8 +264,9 @@ def _dispatch(pending, record, n_workers, board, devices, run_pending, fresh_wor
         _run_pool(pending, n_workers, record, board, fresh=fresh_workers)
 
 
-def _run_pool(pending: list[dict], n_workers: int, record, board: ProgressBoard, devices: list[str] | None = None,
-              fresh: bool = False) -> None:
+def _run_pool(pending: list[dict], n_workers: int, record, board: ProgressBoard | None = None,
+              devices: list[str] | None = None, fresh: bool = False) -> None:
+    board = board or ProgressBoard(len(pending), enabled=False)
     threads = worker_threads(n_workers)
     crashes: dict[str, int] = {}
     queue = list(pending)

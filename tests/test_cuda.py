@@ -88,7 +88,7 @@ def test_a_cuda_job_runs_end_to_end_and_records_gpu_memory(tmp_path):
     from benchmarks.runner import RunOptions, execute, plan
     from benchmarks.store import ResultStore
     opts = RunOptions(protocols=["missing"], datasets=["synthetic:tiktok"], models=["LightGCN", "DGMRec"], seeds=[1],
-                      data_root=str(tmp_path / "none"), quick=True, scale=0.03, results_dir=str(tmp_path / "r"),
+                      data_root=str(tmp_path), quick=True, scale=0.03, results_dir=str(tmp_path / "r"),
                       cache_dir=None, sets={"device": "cuda", "epochs": 2}, progress=False)
     store = ResultStore(opts.results_dir)
     execute(plan(opts).jobs, store, n_workers=0, progress=False)

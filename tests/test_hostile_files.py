@@ -263,7 +263,7 @@ def test_ray_driver_chooses_where_per_user_files_go(tmp_path):
     """A record coming back from a node names a path; the driver writes under its own job id."""
     spec = {"job_id": "0123abcd", "results_dir": str(tmp_path / "res")}
     rec = {"job_id": "0123abcd", "status": "ok", "per_user_file": "../../outside.npz"}
-    fake_ray = types.SimpleNamespace(exceptions=None, get=lambda ref: (dict(rec), b"per-user bytes"))
+    fake_ray = types.SimpleNamespace(exceptions=None, get=lambda ref: (dict(rec), {"per_user_file": b"per-user bytes"}))
     got = RayBackend()._collect(fake_ray, None, spec)
     assert got["per_user_file"] == "per_user/0123abcd.npz"
     assert (tmp_path / "res" / "per_user" / "0123abcd.npz").read_bytes() == b"per-user bytes"

@@ -225,16 +225,16 @@ def test_ray_task_ships_generated_features_and_takes_them_in_the_spec(tmp_path):
     from benchmarks.ray_backend import _ray_task
     from benchmarks.runner import RunOptions, plan
     opts = RunOptions(protocols=["imputation"], datasets=["synthetic:baby"], models=["VBPR"], seeds=[1],
-                      data_root=str(tmp_path / "none"), quick=True, scale=0.03, results_dir=str(tmp_path / "res"),
+                      data_root=str(tmp_path), quick=True, scale=0.03, results_dir=str(tmp_path / "res"),
                       cache_dir=None, progress=False, sets={"epochs": 1, "imputation_sweep": ["generated"]})
     jobs = {j["model"]: j for j in plan(opts).jobs}
     store = ResultStore(opts.results_dir)
     rec, files = _ray_task(jobs["DGMRec"], "cpu", 1)
-    assert rec["status"] == "ok" and set(files) == {rec["per_user_file"], rec["generated_file"]}
+    assert rec["status"] == "ok" and set(files) == {"per_user_file", "generated_file"}
     store.append(rec)
-    for rel, data in files.items():
-        (store.dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        (store.dir / rel).write_bytes(data)
+    for key, data in files.items():
+        (store.dir / rec[key]).parent.mkdir(parents=True, exist_ok=True)
+        (store.dir / rec[key]).write_bytes(data)
     dep = dict(jobs["VBPR"], generated=load_generated_for(jobs["VBPR"]))
     rec, _ = _ray_task(dep, "cpu", 1)
     assert rec["status"] == "ok", rec.get("error")

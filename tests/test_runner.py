@@ -234,10 +234,10 @@ def test_max_batches_per_epoch_caps_epochs_and_projects_seconds(tmp_path):
     assert res.train_seconds_per_epoch == pytest.approx(10.0)
     assert res.train_seconds_per_epoch_median == pytest.approx(10.0)  # median 2.0 / 0.2
     assert TrainResult(train_seconds=[2.0], batches_per_epoch=5, batches_run=5).train_seconds_per_epoch == 2.0
-    bad = _opts(tmp_path / "bad", ["TestCountingBatches"], seeds=[1],
+    bad = _opts(tmp_path, ["TestCountingBatches"], seeds=[1],
                 sets={"epochs": 1, "grid_limit": None, "max_batches_per_epoch": 0})
-    assert execute(plan(bad).jobs, ResultStore(bad.results_dir), n_workers=0, progress=False)["failed"] == 1
-    assert "max_batches_per_epoch must be >= 1" in ResultStore(bad.results_dir).records()[0]["error"]
+    with pytest.raises(ConfigError, match="max_batches_per_epoch must be null or an integer >= 1, got 0"):
+        plan(bad)  # refused before any job starts
 
 
 def test_null_valued_keys_do_not_change_job_identity(tmp_path):

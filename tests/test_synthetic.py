@@ -82,7 +82,9 @@ def test_splits_per_user(replicas, kind):
 def test_long_tails():
     ds = make_replica("baby", 0.05)
     c = np.sort(np.bincount(ds.inter.items, minlength=ds.n_items))[::-1]
-    assert c[: len(c) // 10].sum() / c.sum() > 0.30
+    # the top 10% of items hold over a quarter of the interactions (0.10 if popularity were flat); the
+    # replicas keep popularity moderate so that, as on the real data, it is a floor and not the winner
+    assert c[: len(c) // 10].sum() / c.sum() > 0.25
     per_user = np.bincount(ds.inter.users)
     assert per_user.max() >= 3 * np.median(per_user)
 
