@@ -18,12 +18,10 @@ import torch
 from data_prep.dataset import Interactions
 
 
-def poisoned(ds, protocol_name: str):
-    """(clean, poisoned) copies of ``ds`` for ``protocol_name`` (``missing`` or ``new_items``)."""
-    from data_prep.masks import per_modality_missing
+def poison_rows(ds, missing: dict):
+    """A copy of ``ds`` whose rows flagged in ``missing`` (modality -> bool flags) are NaN or a
+    huge sentinel (a different one per modality), alternately."""
     bad = copy.copy(ds)
-    ratio = "0.666" if len(ds.modalities) == 2 else "0.6"
-    missing = per_modality_missing(ds.masks[ratio], ds.modalities, ds.n_items)
     bad.features = {}
     for i, (m, x) in enumerate(ds.features.items()):
         x = x.copy()
@@ -31,6 +29,14 @@ def poisoned(ds, protocol_name: str):
         x[rows[::2]] = np.nan
         x[rows[1::2]] = np.float32(1e30) * (i + 1)
         bad.features[m] = x
+    return bad
+
+
+def poisoned(ds, protocol_name: str):
+    """(clean, poisoned) copies of ``ds`` for ``protocol_name`` (``missing`` or ``new_items``)."""
+    from data_prep.masks import per_modality_missing
+    ratio = "0.666" if len(ds.modalities) == 2 else "0.6"
+    bad = poison_rows(ds, per_modality_missing(ds.masks[ratio], ds.modalities, ds.n_items))
     if protocol_name == "new_items":
         full = ds.inter
         new = np.zeros(ds.n_items, bool)
@@ -47,18 +53,21 @@ def poisoned(ds, protocol_name: str):
     return ds, bad
 
 
-def one_epoch(entry, ds, protocol_name: str, device="cpu", batch_size: int = 256):
-    """(last batch loss, scores of the first 50 users) after one epoch of ``entry`` on ``ds``."""
+def one_epoch(entry, ds, protocol_name: str, device="cpu", batch_size: int = 256, sets: dict | None = None,
+              generated=None, return_model: bool = False):
+    """(last batch loss, scores of the first 50 users) after one epoch of ``entry`` on ``ds``, or
+    the trained model itself with ``return_model``. ``sets`` override the configuration and
+    ``generated`` feeds the ``generated`` imputation."""
     from benchmarks.config import expand_grid, resolve
     from benchmarks.engine import seed_everything
     from benchmarks.protocols import get_protocol
     from benchmarks.sampling import BPRSampler
     dev = torch.device(device)
-    cfg = resolve(entry, ds.kind, {"train_batch_size": batch_size}, quick=True)
+    cfg = resolve(entry, ds.kind, {"train_batch_size": batch_size, **(sets or {})}, quick=True)
     cfg = expand_grid(cfg, entry.cls.list_params)[0]
     protocol = get_protocol(protocol_name)
     rng = seed_everything(5)
-    task = protocol.build_task(ds, cfg, entry.cls, protocol.ratios(ds, cfg)[0], dev)
+    task = protocol.build_task(ds, cfg, entry.cls, protocol.ratios(ds, cfg)[0], dev, generated=generated)
     model = entry.cls(cfg, task).to(dev)
     loss = torch.zeros(())
     model.train()
@@ -77,6 +86,8 @@ def one_epoch(entry, ds, protocol_name: str, device="cpu", batch_size: int = 256
         model.begin_scoring()
         scores = model.full_sort_predict(torch.arange(min(50, task.n_users), device=dev))
         model.end_scoring()
+    if return_model:
+        return model
     return float(loss.detach()), scores.detach().cpu()
 
 

@@ -9,7 +9,6 @@ every imputation method and missingness mechanism (the task a model receives is
 bit-identical), for the features a DGMRec trained on poisoned data generates for another
 model, and for the test-time copy of every feature model under ``test_only``.
 """
-import copy
 
 import numpy as np
 import pytest
@@ -17,9 +16,8 @@ import torch
 
 from benchmarks.config import expand_grid, resolve
 from benchmarks.engine import seed_everything
+from benchmarks.leakage import one_epoch, poison_rows, poisoned
 from benchmarks.protocols import IMPUTATIONS, get_protocol
-from benchmarks.sampling import BPRSampler
-from data_prep.dataset import Interactions
 from data_prep.synthetic import make_replica
 from models.registry import entries
 
@@ -36,63 +34,6 @@ def replica(kind):
     return _DATA[kind]
 
 
-def poisoned(ds, protocol_name):
-    bad = copy.copy(ds)
-    ratio = "0.666" if len(ds.modalities) == 2 else "0.6"
-    groups = ds.masks[ratio]
-    from data_prep.masks import per_modality_missing
-    missing = per_modality_missing(groups, ds.modalities, ds.n_items)
-    bad.features = {}
-    for i, (m, x) in enumerate(ds.features.items()):
-        x = x.copy()
-        rows = np.flatnonzero(missing[m])
-        x[rows[::2]] = np.nan
-        x[rows[1::2]] = np.float32(1e30) * (i + 1)
-        bad.features[m] = x
-    if protocol_name == "new_items":
-        full = ds.inter
-        new = np.zeros(ds.n_items, bool)
-        new[np.bincount(ds.del_inter.items[ds.del_inter.labels == 0], minlength=ds.n_items) == 0] = True
-        items = full.items.copy()
-        moved = (full.labels == 0) & new[items]
-        assert moved.any()
-        items[moved] = np.flatnonzero(new)[(np.arange(moved.sum()) * 7) % new.sum()]  # other new items
-        bad.inter = Interactions(full.users, items, full.labels, full.source)
-        # keep the new-item set fixed: it is an input of the protocol, not a secret
-        bad.new_items = np.flatnonzero(new)
-        ds = copy.copy(ds)
-        ds.new_items = np.flatnonzero(new)
-        return ds, bad
-    return ds, bad
-
-
-def run_one_epoch(entry, ds, protocol_name, sets=None, generated=None, return_model=False):
-    cfg = resolve(entry, ds.kind, {"train_batch_size": 256, **(sets or {})}, quick=True)
-    cfg = expand_grid(cfg, entry.cls.list_params)[0]
-    protocol = get_protocol(protocol_name)
-    rng = seed_everything(5)
-    task = protocol.build_task(ds, cfg, entry.cls, protocol.ratios(ds, cfg)[0], generated=generated)
-    model = entry.cls(cfg, task)
-    loss = torch.zeros(())
-    model.train()
-    if model.trainable:  # ItemPop has nothing to train: its scores alone are compared
-        opt = torch.optim.Adam(model.optimizer_parameters(), lr=1e-3)
-        sampler = BPRSampler(task, rng)
-        model.pre_epoch(0)
-        for users, pos, neg in sampler.epoch(256):
-            loss = model.calculate_loss(users, pos, neg)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.pre_evaluation()
-    model.eval()
-    with torch.no_grad():
-        model.begin_scoring()
-        scores = model.full_sort_predict(torch.arange(min(50, task.n_users)))
-        model.end_scoring()
-    return model if return_model else (float(loss.detach()), scores)
-
-
 MODELS = [e.name for e in entries() if not e.name.startswith("Test")]
 
 
@@ -102,8 +43,8 @@ MODELS = [e.name for e in entries() if not e.name.startswith("Test")]
 def test_masked_features_and_new_item_interactions_are_invisible(model, kind, protocol_name):
     entry = next(e for e in entries() if e.name == model)
     clean, bad = poisoned(replica(kind), protocol_name)
-    loss_a, scores_a = run_one_epoch(entry, clean, protocol_name)
-    loss_b, scores_b = run_one_epoch(entry, bad, protocol_name)
+    loss_a, scores_a = one_epoch(entry, clean, protocol_name)
+    loss_b, scores_b = one_epoch(entry, bad, protocol_name)
     assert np.isfinite(loss_a) and torch.isfinite(scores_a).all()
     assert loss_a == loss_b
     assert torch.equal(scores_a, scores_b)
@@ -122,19 +63,6 @@ MECHANISMS = {"uniform": {}, "popularity": {"missing_mechanism": "popularity"},
               "per_modality": {"missing_ratio_per_modality": {"image": 0.8, "text": 0.3}},
               "test_only": {"missing_mechanism": "test_only"}}
 FILL_METHODS = [m for m in IMPUTATIONS if m != "generated"]
-
-
-def poison_rows(ds, missing):
-    """A copy of ``ds`` whose rows flagged in ``missing`` (modality -> flags) are NaN or 1e30."""
-    bad = copy.copy(ds)
-    bad.features = {}
-    for i, (m, x) in enumerate(ds.features.items()):
-        x = x.copy()
-        rows = np.flatnonzero(missing[m])
-        x[rows[::2]] = np.nan
-        x[rows[1::2]] = np.float32(1e30) * (i + 1)
-        bad.features[m] = x
-    return bad
 
 
 @pytest.mark.parametrize("kind", ["baby", "tiktok"])
@@ -167,14 +95,14 @@ def test_generated_features_carry_no_masked_feature_to_another_model():
     clean, bad = poisoned(replica("baby"), "missing")
     gen = []
     for ds in (clean, bad):
-        model = run_one_epoch(dgm, ds, "missing", return_model=True)
+        model = one_epoch(dgm, ds, "missing", return_model=True)
         with torch.no_grad():
             gen.append({m: (ids, f.clone()) for m, (ids, f) in model.generated_features().items()})
     for m in gen[0]:
         assert len(gen[0][m][0]) > 0 and np.array_equal(gen[0][m][0], gen[1][m][0])
         assert torch.isfinite(gen[0][m][1]).all() and torch.equal(gen[0][m][1], gen[1][m][1])
-    runs = [run_one_epoch(vbpr, ds, "missing", {"missing_imputation": "generated"},
-                          generated={m: (ids, f.numpy()) for m, (ids, f) in g.items()}) for ds, g in zip((clean, bad), gen)]
+    runs = [one_epoch(vbpr, ds, "missing", sets={"missing_imputation": "generated"},
+                      generated={m: (ids, f.numpy()) for m, (ids, f) in g.items()}) for ds, g in zip((clean, bad), gen)]
     assert np.isfinite(runs[0][0]) and runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
 
 
