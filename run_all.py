@@ -17,13 +17,13 @@ import re
 import sys
 from pathlib import Path
 
-from benchmarks.config import ConfigError, parse_sets
-from benchmarks.protocols import ALL_PROTOCOL_NAMES, PAPER_PROTOCOL_NAMES, PROTOCOLS, ProtocolError
-from benchmarks.ray_backend import RayBackendError  # does not import Ray
-from benchmarks.report import present_protocols, write_report
-from benchmarks.runner import RunOptions, execute, gpu_worker_slots, plan, print_banner
-from benchmarks.jobs import DEFAULT_DATA_ROOT
-from benchmarks.store import ResultStore
+from benchmarks.run.config import ConfigError, parse_sets
+from benchmarks.core.protocols import ALL_PROTOCOL_NAMES, PAPER_PROTOCOL_NAMES, PROTOCOLS, ProtocolError
+from benchmarks.run.ray_backend import RayBackendError  # does not import Ray
+from benchmarks.report.tables import present_protocols, write_report
+from benchmarks.run.runner import RunOptions, execute, gpu_worker_slots, plan, print_banner
+from benchmarks.run.jobs import DEFAULT_DATA_ROOT
+from benchmarks.run.store import ResultStore
 from data_prep.errors import DataError
 from models.registry import UnknownModelError, entries, names
 
@@ -174,7 +174,7 @@ def _backend(args, sets: dict):
         if args.jobs_per_gpu != 1:
             raise ValueError("--jobs-per-gpu is for the local backend; with --backend ray set the GPU share of a job "
                              "with --set resources_gpus=0.5 (two jobs per GPU) etc.")
-        from benchmarks.ray_backend import RayBackend, import_ray
+        from benchmarks.run.ray_backend import RayBackend, import_ray
         import_ray()  # fail now, with the install hint, if Ray is missing
         return None, RayBackend(address=args.address).run
     slots = gpu_worker_slots(sets.get("device", "auto"), args.jobs_per_gpu)  # validates --device here

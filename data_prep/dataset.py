@@ -14,7 +14,7 @@ A dataset folder ``<root>/<name>/`` holds
   whose row i is item i. The modalities of a dataset are the feature files present.
 
 Nothing here applies a protocol: masking, imputation and splits for training live in
-``benchmarks.protocols``. This module only guarantees that what it returns is consistent.
+``benchmarks.core.protocols``. This module only guarantees that what it returns is consistent.
 """
 from __future__ import annotations
 

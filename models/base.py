@@ -6,7 +6,7 @@ A model holds only its own maths. The framework owns data loading, masking and i
 Contract:
 
 * ``__init__(config, task)``: build parameters and graphs from the task (see
-  ``benchmarks.task.Task``); ``config`` is the resolved flat configuration dict.
+  ``models.task.Task``); ``config`` is the resolved flat configuration dict.
 * ``calculate_loss(users, pos, neg)``: the scalar training loss of a batch of BPR triples.
 * ``scoring_vectors()``: ``(user vectors, item vectors)`` whose dot products are the scores.
   A model that scores this way implements only this: the base class computes it once per

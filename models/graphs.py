@@ -591,7 +591,7 @@ def built_on(x: torch.Tensor) -> dict:
 @contextlib.contextmanager
 def device_built_graphs_keyed_as_cpu():
     """Within: graphs built off the CPU take the CPU's cache keys, so that a CPU and a device task
-    sharing one cache get the same graphs (``benchmarks.device_compare``: the same inputs on both
+    sharing one cache get the same graphs (``benchmarks.experiments.device_compare``: the same inputs on both
     sides; the device-built graphs are compared on their own)."""
     _KEYS_BY_DEVICE[0] = False
     try:

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks import config as C
-from benchmarks.protocols import get_protocol
-from benchmarks.sampling import BPRSampler
+from benchmarks.run import config as C
+from benchmarks.core.protocols import get_protocol
+from benchmarks.core.sampling import BPRSampler
 from data_prep.synthetic import make_replica
 from models import registry
 from models.graphs import EdgeGraph, segment_softmax, ui_mean_adjacency, weighted_propagate

@@ -9,9 +9,9 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from benchmarks.config import expand_grid, resolve
-from benchmarks.protocols import get_protocol
-from benchmarks.sampling import BPRSampler
+from benchmarks.run.config import expand_grid, resolve
+from benchmarks.core.protocols import get_protocol
+from benchmarks.core.sampling import BPRSampler
 from data_prep.synthetic import make_replica
 from models import registry
 from models.graphs import (binary_sym_normalize, cached_knn_graph, cooccurrence_graph, denoised_knn_graphs,

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.config import expand_grid, resolve
-from benchmarks.engine import seed_everything, train_and_evaluate
-from benchmarks.protocols import get_protocol, resolve_ratio
-from benchmarks.sampling import BPRSampler
+from benchmarks.run.config import expand_grid, resolve
+from benchmarks.core.engine import seed_everything, train_and_evaluate
+from benchmarks.core.protocols import get_protocol, resolve_ratio
+from benchmarks.core.sampling import BPRSampler
 from data_prep.synthetic import make_replica
 from models.graphs import (EdgeDropper, hypergraph_conv, lightgcn, sinkhorn_transport, to_torch_sparse,
                            ui_adjacency, ui_adjacency_rw)

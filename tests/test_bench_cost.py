@@ -2,7 +2,7 @@
 import json
 from types import SimpleNamespace
 
-from benchmarks.bench_cost import _official_record, _side_by_side_table
+from benchmarks.experiments.bench_cost import _official_record, _side_by_side_table
 
 
 def test_official_runs_are_kept_and_not_repeated(tmp_path):

@@ -3,8 +3,8 @@
 For every registered model on 2- and 3-modality replicas under ``missing`` and ``new_items``:
 one batch's loss and gradients on CUDA equal the CPU's for the same weights and batch within the
 model's own float32 sensitivity, and full-ranking top-20 lists agree, ties aside
-(``benchmarks.device_compare``); kNN graphs built on CUDA equal the CPU's, ties aside; the
-poisoned-feature test holds on CUDA (``benchmarks.leakage``); the training loop makes no host
+(``benchmarks.experiments.device_compare``); kNN graphs built on CUDA equal the CPU's, ties aside; the
+poisoned-feature test holds on CUDA (``benchmarks.experiments.leakage``); the training loop makes no host
 synchronisation per batch; a job runs end to end and records its GPU memory. The comparison
 logic itself is tested on the CPU in ``test_device_compare.py``.
 """
@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.device_compare import compare_devices, compare_knn_graphs
-from benchmarks.leakage import check_leak
+from benchmarks.experiments.device_compare import compare_devices, compare_knn_graphs
+from benchmarks.experiments.leakage import check_leak
 from data_prep.synthetic import make_replica
 from models.registry import entries
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device visible: the CUDA path is checked on a GPU machine "
-                                       "(python -m pytest tests/test_cuda.py or python -m benchmarks.gpu_check)")
+                                       "(python -m pytest tests/test_cuda.py or python -m benchmarks.experiments.gpu_check)")
 
 MODELS = [e.name for e in entries() if not e.name.startswith("Test")]
 _DATA = {}
@@ -59,9 +59,9 @@ def test_knn_graphs_built_on_cuda_equal_the_cpus(kind):
 @pytest.mark.parametrize("model", ["MFBPR", "LightGCN", "VBPR"])
 def test_training_loop_synchronises_per_epoch_not_per_batch(model):
     """CUDA's own sync detector: an epoch of 2 batches and one of 20 synchronise equally often."""
-    from benchmarks.config import expand_grid, resolve
-    from benchmarks.engine import seed_everything, train_and_evaluate
-    from benchmarks.protocols import get_protocol
+    from benchmarks.run.config import expand_grid, resolve
+    from benchmarks.core.engine import seed_everything, train_and_evaluate
+    from benchmarks.core.protocols import get_protocol
     from models.registry import get
     ds = replica("tiktok")
     counts = []
@@ -85,8 +85,8 @@ def test_training_loop_synchronises_per_epoch_not_per_batch(model):
 
 
 def test_a_cuda_job_runs_end_to_end_and_records_gpu_memory(tmp_path):
-    from benchmarks.runner import RunOptions, execute, plan
-    from benchmarks.store import ResultStore
+    from benchmarks.run.runner import RunOptions, execute, plan
+    from benchmarks.run.store import ResultStore
     opts = RunOptions(protocols=["missing"], datasets=["synthetic:tiktok"], models=["LightGCN", "DGMRec"], seeds=[1],
                       data_root=str(tmp_path), quick=True, scale=0.03, results_dir=str(tmp_path / "r"),
                       cache_dir=None, sets={"device": "cuda", "epochs": 2}, progress=False)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from benchmarks.jobs import run_job
-from benchmarks.runner import RunOptions, plan
+from benchmarks.run.jobs import run_job
+from benchmarks.run.runner import RunOptions, plan
 from models.registry import entries
 
 

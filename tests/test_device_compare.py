@@ -1,11 +1,11 @@
-"""The CPU-against-device comparison (``benchmarks.device_compare``), exercised CPU against CPU:
+"""The CPU-against-device comparison (``benchmarks.experiments.device_compare``), exercised CPU against CPU:
 identical sides agree exactly, a side whose reductions round differently stays within the
 per-model tolerance, and a side that computes something else does not."""
 import numpy as np
 import pytest
 import torch
 
-from benchmarks.device_compare import (RandomOnHost, RoundingNoise, _topk_check, compare_devices,
+from benchmarks.experiments.device_compare import (RandomOnHost, RoundingNoise, _topk_check, compare_devices,
                                        compare_knn_graphs)
 from data_prep.synthetic import make_replica
 

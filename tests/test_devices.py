@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import run_all
-from benchmarks import runner
-from benchmarks.runner import RunOptions, gpu_worker_slots, plan
+from benchmarks.run import runner
+from benchmarks.run.runner import RunOptions, gpu_worker_slots, plan
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_worker_processes_run_jobs_on_their_slot_device(tmp_path):
 
 def test_worker_threads_respects_omp_num_threads(monkeypatch):
     import os
-    from benchmarks.runner import worker_threads
+    from benchmarks.run.runner import worker_threads
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert worker_threads(1) == max(1, os.cpu_count() or 1)
     assert worker_threads(10 ** 6) == 1                      # never zero threads
@@ -138,7 +138,7 @@ def test_a_job_that_cannot_fit_the_gpu_is_refused_before_training(monkeypatch):
     """check_device_memory: built model and data plus gradients and Adam state against the device."""
     from types import SimpleNamespace
 
-    from benchmarks.jobs import check_device_memory
+    from benchmarks.run.jobs import check_device_memory
     model = torch.nn.Linear(1000, 1000)                     # 1,001,000 float32 parameters: 4.0 MB
     gib = 2 ** 30
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 5 * gib)

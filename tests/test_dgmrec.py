@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import models.registry as registry
-from benchmarks.config import expand_grid, resolve
-from benchmarks.engine import seed_everything, train_and_evaluate
-from benchmarks.protocols import get_protocol, impute_features
-from benchmarks.task import EvalSet, Task
+from benchmarks.run.config import expand_grid, resolve
+from benchmarks.core.engine import seed_everything, train_and_evaluate
+from benchmarks.core.protocols import get_protocol, impute_features
+from models.task import EvalSet, Task
 from data_prep.masks import per_modality_missing
 from data_prep.synthetic import make_replica
 from models.dgmrec import CLUBSample, blend_rows, perturb

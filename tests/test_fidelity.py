@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from benchmarks.fidelity import compare, fidelity_rows, official_setting
+from benchmarks.experiments.fidelity import compare, fidelity_rows, official_setting
 
 
 def test_compare_single_official_seed_by_hand():
@@ -70,7 +70,7 @@ def test_grid_compared_at_the_official_setting():
 
 
 def test_curve_comparison_by_hand():
-    from benchmarks.fidelity import curve_comparison
+    from benchmarks.experiments.fidelity import curve_comparison
     ours = {"curve": [{"epoch": 0, "train_loss": 10.0, "test_recall@20": 0.01},
                       {"epoch": 1, "train_loss": 8.8, "test_recall@20": 0.064}]}
     off = {"best_epoch": 1, "test": {"recall@20": 0.0598},
@@ -90,7 +90,7 @@ def test_a_rerun_seed_counts_once_with_its_newest_record():
 
 
 def test_official_results_file_errors_name_the_file(tmp_path):
-    from benchmarks.bench_common import official_records
+    from benchmarks.experiments.bench_common import official_records
     from data_prep.errors import DataError
     assert official_records(tmp_path / "absent.json") == []
     bad = tmp_path / "bad.json"
@@ -103,7 +103,7 @@ def test_official_results_file_errors_name_the_file(tmp_path):
 
 
 def test_report_only_without_a_store_says_so(tmp_path):
-    from benchmarks.fidelity import main
+    from benchmarks.experiments.fidelity import main
     official = tmp_path / "official.json"
     official.write_text("[]")
     with pytest.raises(SystemExit, match="results.jsonl: no results store to report on"):
@@ -117,7 +117,7 @@ def test_malformed_extra_seeds_file_is_named(tmp_path):
     official, extra = tmp_path / "official.json", tmp_path / "extra.json"
     official.write_text("[]")
     extra.write_text("{not json")
-    done = subprocess.run([sys.executable, "-m", "benchmarks.fidelity", "--report-only", "--official", str(official),
+    done = subprocess.run([sys.executable, "-m", "benchmarks.experiments.fidelity", "--report-only", "--official", str(official),
                            "--official-extra", str(extra), "--out", str(tmp_path / "out")],
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
@@ -125,7 +125,7 @@ def test_malformed_extra_seeds_file_is_named(tmp_path):
 
 
 def test_cli_names_malformed_seeds(tmp_path):
-    from benchmarks.fidelity import main
+    from benchmarks.experiments.fidelity import main
     official = tmp_path / "official.json"
     official.write_text("[]")
     with pytest.raises(SystemExit, match="--seeds must be comma-separated integers, got '1;2'"):

@@ -9,9 +9,9 @@ import torch
 
 import run_all
 from baselines.itempop import ItemPop
-from benchmarks.config import ConfigError, check_values, model_rule
-from benchmarks.runner import RunOptions, execute, plan
-from benchmarks.store import ResultStore
+from benchmarks.run.config import ConfigError, check_values, model_rule
+from benchmarks.run.runner import RunOptions, execute, plan
+from benchmarks.run.store import ResultStore
 from models.base import Recommender
 from models.registry import get, register
 
@@ -93,7 +93,7 @@ def test_model_rules_come_from_the_model_defaults():
 
 
 def test_every_registered_setting_passes_its_own_checks():
-    from benchmarks.protocols import ALL_PROTOCOL_NAMES
+    from benchmarks.core.protocols import ALL_PROTOCOL_NAMES
     from models.registry import names
     datasets = [f"synthetic:{k}" for k in ("baby", "sports", "clothing", "elec", "tiktok")]
     for quick in (True, False):

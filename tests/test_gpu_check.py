@@ -1,13 +1,13 @@
 """The GPU script's own machinery on the CPU: phase budgets, replicas handed over from the
 background process, the correctness phase's tables, refusals of bad arguments. (The whole script
-is rehearsed with ``python -m benchmarks.gpu_check --device cpu --smoke``.)"""
+is rehearsed with ``python -m benchmarks.experiments.gpu_check --device cpu --smoke``.)"""
 import json
 import pickle
 import time
 
 import pytest
 
-from benchmarks import gpu_check
+from benchmarks.experiments import gpu_check
 from data_prep.synthetic import make_replica
 
 
@@ -25,7 +25,8 @@ def test_phase_budgets_share_the_total_and_carry_what_is_left():
 
 
 def test_pickled_replicas_are_served_to_the_planner_and_the_jobs(tmp_path):
-    from benchmarks import jobs, runner
+    from benchmarks.run import jobs
+    from benchmarks.run import runner
     ds = make_replica("tiktok", scale=0.02)
     path = gpu_check._replica_file(tmp_path, "tiktok", 0.02)
     path.parent.mkdir(parents=True)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from benchmarks.grid_estimate import epochs_run, estimate, measured_costs, recorded_best_epochs, report
+from benchmarks.experiments.grid_estimate import epochs_run, estimate, measured_costs, recorded_best_epochs, report
 
 
 def test_epochs_run_is_best_epoch_plus_the_early_stopping_wait_capped_at_epochs():

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.config import expand_grid, resolve
-from benchmarks.engine import seed_everything, train_and_evaluate
-from benchmarks.evaluation import Evaluator
-from benchmarks.host_sync import HostReads
-from benchmarks.protocols import get_protocol
-from benchmarks.sampling import BPRSampler
+from benchmarks.run.config import expand_grid, resolve
+from benchmarks.core.engine import seed_everything, train_and_evaluate
+from benchmarks.core.evaluation import Evaluator
+from benchmarks.experiments.host_sync import HostReads
+from benchmarks.core.protocols import get_protocol
+from benchmarks.core.sampling import BPRSampler
 from data_prep.synthetic import make_replica
 from models.graphs import EdgeDropper
 from models.losses import batch_info_nce, distinct, info_nce_indexed

@@ -20,10 +20,10 @@ import scipy.sparse as sp
 import yaml
 from hostile import as_npy, hand_written, mask_pickles, payloads
 
-from benchmarks.cache import ArtifactCache, load_entry, save_entry
-from benchmarks.config import ConfigError, parse_sets
-from benchmarks.ray_backend import RayBackend
-from benchmarks.store import ResultStore
+from models.cache import ArtifactCache, load_entry, save_entry
+from benchmarks.run.config import ConfigError, parse_sets
+from benchmarks.run.ray_backend import RayBackend
+from benchmarks.run.store import ResultStore
 from data_prep import download as dl
 from data_prep.dataset import load_folder, read_mask
 from data_prep.errors import DataError

@@ -1,11 +1,11 @@
-"""Imputation methods (benchmarks.imputation) on hand-built cases, against hand computations."""
+"""Imputation methods (benchmarks.core.imputation) on hand-built cases, against hand computations."""
 import math
 
 import numpy as np
 import pytest
 import scipy.linalg as sla
 
-from benchmarks.imputation import (ImputationParams, co_interaction_graph, fill_all, fill_modality,
+from benchmarks.core.imputation import (ImputationParams, co_interaction_graph, fill_all, fill_modality,
                                    sym_normalised)
 
 S2 = math.sqrt(2.0)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.evaluation import Evaluator, rank_metrics
-from benchmarks.task import EvalSet, Task
+from benchmarks.core.evaluation import Evaluator, rank_metrics
+from models.task import EvalSet, Task
 
 
 def log2(x):

@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 
-from benchmarks.fidelity import official_runs
-from benchmarks.official_runs import main as official_main
-from benchmarks.official_runs import merge, parse_log
+from benchmarks.experiments.fidelity import official_runs
+from benchmarks.experiments.official_runs import main as official_main
+from benchmarks.experiments.official_runs import merge, parse_log
 
 
 def _metrics(r20, n20):
@@ -101,7 +101,7 @@ def test_cli_names_bad_settings_file_seeds_and_model(tmp_path):
 def test_run_one_drives_a_checkout_on_linked_data(tmp_path):
     # A stand-in official src: its main.py needs the linked data file and the raw-image imports
     # (torchvision, lmdb) the real one makes, then writes its log where the real one does.
-    from benchmarks.official_runs import run_one
+    from benchmarks.experiments.official_runs import run_one
     src, data = tmp_path / "src", tmp_path / "tiktok"
     src.mkdir()
     data.mkdir()
@@ -127,7 +127,7 @@ def test_run_one_drives_a_checkout_on_linked_data(tmp_path):
 
 
 def test_workspace_sends_cuda_calls_to_the_available_device(tmp_path):
-    from benchmarks.official_runs import workspace
+    from benchmarks.experiments.official_runs import workspace
     src, data = tmp_path / "src", tmp_path / "tiktok"
     (src / "models").mkdir(parents=True)
     data.mkdir()
@@ -141,7 +141,7 @@ def test_workspace_sends_cuda_calls_to_the_available_device(tmp_path):
 
 
 def test_pinned_override_fixes_each_grid_key_to_the_official_setting():
-    from benchmarks.official_runs import pinned_override
+    from benchmarks.experiments.official_runs import pinned_override
     rec = {"config_override": {"epochs": 15, "reg_weight": [1.0, 0.01, 0.1], "learning_rate": [0.001]},
            "grid_selected": "['reg_weight', 'missing_imputation', 'seed']=(0.01, 1, 999)"}
     # seed and imputation are set per run, not pinned from the record
@@ -153,7 +153,7 @@ def test_gpu_id_never_hides_the_gpu_it_should_use(monkeypatch):
     """The official --gpu_id becomes CUDA_VISIBLE_DEVICES; its default '1' hides a one-GPU machine's GPU."""
     import torch
 
-    from benchmarks.official_runs import gpu_arg
+    from benchmarks.experiments.official_runs import gpu_arg
     assert gpu_arg("cpu") == "" and gpu_arg("cuda:3") == "3"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert gpu_arg("cuda") == "0" and gpu_arg(None) == "0" and gpu_arg("auto") == "0"
@@ -162,7 +162,7 @@ def test_gpu_id_never_hides_the_gpu_it_should_use(monkeypatch):
 
 
 def test_official_override_pins_every_grid_key_to_our_setting(tmp_path):
-    from benchmarks.official_runs import official_override
+    from benchmarks.experiments.official_runs import official_override
     (tmp_path / "configs" / "best").mkdir(parents=True)
     (tmp_path / "configs" / "model").mkdir(parents=True)
     (tmp_path / "configs" / "model" / "LightGCN.yaml").write_text(

@@ -4,7 +4,7 @@ For every model in the registry (so a newly added model is checked automatically
 true features of masked items to NaN or huge sentinels in the raw data, and (new-item
 protocol) move the training interactions of new items in the full file to other items;
 training and scoring must be bit-identical to a run on the clean data (the same check on CUDA,
-through ``benchmarks.leakage``, is in ``test_cuda.py``). The same holds for
+through ``benchmarks.experiments.leakage``, is in ``test_cuda.py``). The same holds for
 every imputation method and missingness mechanism (the task a model receives is
 bit-identical), for the features a DGMRec trained on poisoned data generates for another
 model, and for the test-time copy of every feature model under ``test_only``.
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.config import expand_grid, resolve
-from benchmarks.engine import seed_everything
-from benchmarks.leakage import one_epoch, poison_rows, poisoned
-from benchmarks.protocols import IMPUTATIONS, get_protocol
+from benchmarks.run.config import expand_grid, resolve
+from benchmarks.core.engine import seed_everything
+from benchmarks.experiments.leakage import one_epoch, poison_rows, poisoned
+from benchmarks.core.protocols import IMPUTATIONS, get_protocol
 from data_prep.synthetic import make_replica
 from models.registry import entries
 
@@ -113,7 +113,7 @@ FEATURE_MODELS = [e.name for e in entries() if not e.name.startswith("Test") and
 def test_test_only_scoring_copy_keeps_no_masked_feature(model):
     """test_only: the trained model starts from the complete (here poisoned) features; the copy that
     scores the test set must hold none of the masked rows: scores equal those on clean data."""
-    from benchmarks.masked_copy import build_pair
+    from benchmarks.core.masked_copy import build_pair
     entry = next(e for e in entries() if e.name == model)
     ds = replica("tiktok")
     cfg = expand_grid(resolve(entry, ds.kind, {"missing_mechanism": "test_only"}, quick=True), entry.cls.list_params)[0]

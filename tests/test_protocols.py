@@ -8,7 +8,7 @@ import torch
 
 from baselines.lightgcn import LightGCN
 from baselines.mfbpr import MFBPR
-from benchmarks.protocols import get_protocol, impute_features, ProtocolError, normalize_imputation
+from benchmarks.core.protocols import get_protocol, impute_features, ProtocolError, normalize_imputation
 from data_prep.dataset import load_folder
 from data_prep.shared import reference_root
 from models.base import Recommender
@@ -122,7 +122,7 @@ def test_unknown_protocol():
 
 @needs_reference
 def test_masked_and_unmasked_runs_never_share_a_cached_artefact(tiktok, tmp_path):
-    from benchmarks.cache import ArtifactCache
+    from models.cache import ArtifactCache
     from models.graphs import knn_graph, ui_adjacency
 
     cache = ArtifactCache(tmp_path / "cache")
@@ -151,7 +151,7 @@ def test_masked_and_unmasked_runs_never_share_a_cached_artefact(tiktok, tmp_path
 # --------------------------------------------------------------------------- mechanisms, groups, imputation protocol
 
 def test_mechanism_keys_and_their_errors():
-    from benchmarks.protocols import normalize_mechanism, per_modality_ratios
+    from benchmarks.core.protocols import normalize_mechanism, per_modality_ratios
     assert normalize_mechanism({}) == "uniform"
     assert normalize_mechanism({"missing_ratio_per_modality": {"image": 0.5}}) == "per_modality"
     assert per_modality_ratios({"missing_ratio_per_modality": {"image": 0.8, "Text": 0.2}}, ("v", "t")) == \
@@ -171,7 +171,7 @@ def test_mechanism_keys_and_their_errors():
 
 
 def test_item_groups_against_a_hand_count():
-    from benchmarks.protocols import item_groups
+    from benchmarks.core.protocols import item_groups
     missing = {"v": np.array([1, 0, 0, 0, 0, 1, 0, 0, 0, 0], bool), "t": np.array([0, 1, 0, 0, 0, 1, 0, 0, 0, 0], bool)}
     new = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1], bool)
     counts = np.array([5, 0, 3, 9, 1, 2, 7, 4, 0, 0])
@@ -199,8 +199,8 @@ class FixedScores(torch.nn.Module):
 
 
 def test_group_metrics_and_exposure_against_a_hand_count():
-    from benchmarks.evaluation import Evaluator
-    from benchmarks.task import EvalSet, Task
+    from benchmarks.core.evaluation import Evaluator
+    from models.task import EvalSet, Task
     test = EvalSet.from_pairs("test", np.array([0, 0, 1, 1, 2]), np.array([1, 4, 2, 5, 3]))
     task = Task("d", "baby", "missing", 3, 6, np.array([0, 1, 2]), np.array([0, 0, 0]), {}, (), {}, {},
                 np.zeros(6, bool), test, test)
@@ -229,7 +229,7 @@ def test_test_only_trains_on_complete_features_and_tests_masked_ones():
 
 
 def test_imputation_protocol_sweeps_models_that_take_imputed_features():
-    from benchmarks.protocols import imputation_sweep
+    from benchmarks.core.protocols import imputation_sweep
     from models.registry import get
     p = get_protocol("imputation")
     assert not p.accepts(LightGCN) and p.accepts(FeatureModel) and not p.accepts(NativeModel)

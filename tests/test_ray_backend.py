@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import run_all
-from benchmarks.ray_backend import RayBackendError, infeasible, job_device, job_resources
-from benchmarks.runner import RunOptions, plan
-from benchmarks.store import ResultStore
+from benchmarks.run.ray_backend import RayBackendError, infeasible, job_device, job_resources
+from benchmarks.run.runner import RunOptions, plan
+from benchmarks.run.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------- without Ray
 
 def test_importing_the_suite_does_not_import_ray():
-    code = ("import sys, run_all, benchmarks.ray_backend, benchmarks.runner, benchmarks.jobs; "
+    code = ("import sys, run_all, benchmarks.run.ray_backend, benchmarks.run.runner, benchmarks.run.jobs; "
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -221,9 +221,9 @@ def test_grid_on_local_ray_survives_killed_workers(tmp_path):
 def test_ray_task_ships_generated_features_and_takes_them_in_the_spec(tmp_path):
     """A Ray worker writes into a temporary folder: the DGMRec job's generated features come back as
     bytes (like the per-user file), and a dependent job gets them in its spec from the driver's store."""
-    from benchmarks.jobs import load_generated_for
-    from benchmarks.ray_backend import _ray_task
-    from benchmarks.runner import RunOptions, plan
+    from benchmarks.run.jobs import load_generated_for
+    from benchmarks.run.ray_backend import _ray_task
+    from benchmarks.run.runner import RunOptions, plan
     opts = RunOptions(protocols=["imputation"], datasets=["synthetic:baby"], models=["VBPR"], seeds=[1],
                       data_root=str(tmp_path), quick=True, scale=0.03, results_dir=str(tmp_path / "res"),
                       cache_dir=None, progress=False, sets={"epochs": 1, "imputation_sweep": ["generated"]})

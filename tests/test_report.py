@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from benchmarks import figures
-from benchmarks.report import (PAPER_DIR, UserMismatchError, level_stats, main_table, paired_test, paper_comparison,
+from benchmarks.report import figures
+from benchmarks.report.tables import (PAPER_DIR, UserMismatchError, level_stats, main_table, paired_test, paper_comparison,
                                ratio_stats, relative_difference, retrieval_paper_comparison, retrieval_stats,
                                select_grid, significance_mark, write_report, write_tables)
-from benchmarks.store import ResultStore
+from benchmarks.run.store import ResultStore
 
 SEEDS = (999, 42, 2023)
 GROUP = {"LightGCN": "collaborative", "VBPR": "multi-modal", "MGCN": "multi-modal",
@@ -401,7 +401,7 @@ def test_caption_states_the_schedule_and_how_runs_stopped(tmp_path):
 
 
 def test_latex_caption_does_not_repeat_the_table_number(tmp_path):
-    from benchmarks.report import latex_title
+    from benchmarks.report.tables import latex_title
     assert latex_title("Table 2 (missing modalities + new items), mean ± std over seeds") == \
         "Missing modalities + new items, mean ± std over seeds"
     assert latex_title("Cost") == "Cost"

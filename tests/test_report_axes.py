@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from benchmarks import report_groups, report_imputation, report_stats
-from benchmarks.report import write_report
-from benchmarks.report_axes import primary_records
-from benchmarks.stats import holm
-from benchmarks.store import ResultStore
+from benchmarks.report import groups as report_groups
+
+from benchmarks.report import imputation as report_imputation
+
+from benchmarks.report import significance as report_stats
+from benchmarks.report.tables import write_report
+from benchmarks.report.axes import primary_records
+from benchmarks.report.stats import holm
+from benchmarks.run.store import ResultStore
 
 GROUP = {"LightGCN": "collaborative", "VBPR": "multi-modal", "BM3": "multi-modal", "DGMRec": "proposed"}
 USERS = np.arange(40)

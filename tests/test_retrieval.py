@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.retrieval import RetrievalAnalysis
+from benchmarks.core.retrieval import RetrievalAnalysis
 
 
 class Generator:

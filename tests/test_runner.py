@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 import run_all
-from benchmarks.engine import TrainResult
-from benchmarks.config import ConfigError, check_sets, expand_grid, parse_sets, resolve
-from benchmarks.report import select_grid, write_tables
-from benchmarks.runner import RunOptions, execute, plan
-from benchmarks.store import ResultStore
+from benchmarks.core.engine import TrainResult
+from benchmarks.run.config import ConfigError, check_sets, expand_grid, parse_sets, resolve
+from benchmarks.report.tables import select_grid, write_tables
+from benchmarks.run.runner import RunOptions, execute, plan
+from benchmarks.run.store import ResultStore
 from models.base import Recommender
 from models.losses import bpr_loss
 from models.registry import UnknownModelError, get, register
@@ -242,7 +242,7 @@ def test_max_batches_per_epoch_caps_epochs_and_projects_seconds(tmp_path):
 
 def test_null_valued_keys_do_not_change_job_identity(tmp_path):
     # a new option whose null default keeps the old behaviour must leave finished jobs finished
-    from benchmarks.runner import identity_config
+    from benchmarks.run.runner import identity_config
     cfg = {"epochs": 3, "max_batches_per_epoch": None, "resources_cpus": 2}
     assert identity_config(cfg) == {"epochs": 3}
     base = _opts(tmp_path, ["MFBPR"], seeds=[1])

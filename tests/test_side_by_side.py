@@ -1,4 +1,4 @@
-"""benchmarks.side_by_side: weight copying, the aligned one-batch check, the official class in our
+"""benchmarks.experiments.side_by_side: weight copying, the aligned one-batch check, the official class in our
 engine. Stand-ins play the official classes: a dense, independently written SGL with the
 official attribute names and torch.multinomial edge dropping, and a wrapper around our MFBPR
 with the official batch layout."""
@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.config import expand_grid, resolve
-from benchmarks.engine import seed_everything, train_and_evaluate
-from benchmarks.protocols import get_protocol, resolve_ratio
-from benchmarks.sampling import BPRSampler
-from benchmarks.side_by_side import OfficialInEngine, compare_step, copy_weights, main
+from benchmarks.run.config import expand_grid, resolve
+from benchmarks.core.engine import seed_everything, train_and_evaluate
+from benchmarks.core.protocols import get_protocol, resolve_ratio
+from benchmarks.core.sampling import BPRSampler
+from benchmarks.experiments.side_by_side import OfficialInEngine, compare_step, copy_weights, main
 from data_prep.synthetic import make_replica
 from models.registry import get
 
@@ -211,7 +211,7 @@ def test_dropout_rates_are_zeroed_on_both_sides_under_their_own_names(replica):
 
 
 def test_sibrar_sources_are_the_official_draws_and_sampling_is_restored(replica):
-    from benchmarks.side_by_side import _recording_multinomial, _replayed_source_pairs
+    from benchmarks.experiments.side_by_side import _recording_multinomial, _replayed_source_pairs
     ours, task, cfg, rng = build(replica, "SIBRAR")
     users, pos, neg = next(BPRSampler(task, rng).epoch(128))
     drawn, original = [], torch.multinomial

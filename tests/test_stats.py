@@ -1,8 +1,8 @@
-"""benchmarks.stats against hand-computed and closed-form answers."""
+"""benchmarks.report.stats against hand-computed and closed-form answers."""
 import numpy as np
 from scipy import stats as sps
 
-from benchmarks.stats import bootstrap_ci, bootstrap_means, cohens_dz, holm, paired_t
+from benchmarks.report.stats import bootstrap_ci, bootstrap_means, cohens_dz, holm, paired_t
 
 
 def test_holm_on_known_p_values():

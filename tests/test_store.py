@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.store import ResultStore
+from benchmarks.run.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ items missing exactly that modality).
 As in the retrieval analysis, the true features exist only inside this object, built by the
 protocol from the raw dataset after the task; the model never receives them. The captured
 generated features also serve the ``generated`` imputation of other models
-(``benchmarks.jobs`` saves them beside the record).
+(``benchmarks.run.jobs`` saves them beside the record).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ features of a masked item, nor (under ``new_items``) a training interaction of a
   grouped by the number of missing modalities of their item at each best-validation epoch.
 * ``missing_ratio`` runs ``missing`` over a sweep of ratios with nested generated masks.
 * ``imputation`` runs ``missing`` for every model that takes imputed features once per
-  imputation method (``benchmarks.imputation``); ``generated`` takes the features a trained
+  imputation method (``benchmarks.core.imputation``); ``generated`` takes the features a trained
   DGMRec job of the same dataset, ratio and seed generated (the runner trains it first).
 
 Missingness mechanisms (``missing_mechanism``; null is ``uniform``): ``uniform`` (the paper's
@@ -24,7 +24,7 @@ stratified draw, or the shipped mask file), ``popularity`` (rarely interacted it
 modalities more often, same share of the catalogue), ``per_modality`` (each modality missing
 at its own ratio, ``missing_ratio_per_modality``) and ``test_only`` (training sees complete
 features; the uniform mask applies at test time only, to a test-time copy of the trained model,
-see ``benchmarks.masked_copy``).
+see ``benchmarks.core.masked_copy``).
 """
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ from data_prep import masks as mask_lib
 from data_prep.dataset import MASK_KEYS, Dataset, Interactions, sha256_arrays
 from data_prep.errors import DataError
 
-from . import imputation as imp
-from .cache import ArtifactCache
-from .task import EvalSet, Task
+from benchmarks.core import imputation as imp
+from models.cache import ArtifactCache
+from models.task import EvalSet, Task
 
 IMPUTATIONS = imp.IMPUTATIONS
 # The official configs write the imputation mode as a number.
@@ -393,7 +393,7 @@ class MissingProtocol(Protocol):
 
 
     def analyses(self, dataset: Dataset, task: Task, model_cls) -> dict:
-        from .retrieval import RetrievalAnalysis
+        from benchmarks.core.retrieval import RetrievalAnalysis
         out = {}
         if dataset.features and task.missing_modal and RetrievalAnalysis.applies_to(model_cls):
             out["retrieval"] = RetrievalAnalysis(dataset.features, task.mask_groups, dataset.n_items,
@@ -415,7 +415,7 @@ def missing_level_sets(test: EvalSet, groups: dict, n_items: int) -> dict[str, E
 
 def feature_quality_analyses(dataset: Dataset, task: Task, model_cls) -> dict:
     """Feature quality of the filled rows (and of generated ones) against the true features."""
-    from .feature_quality import FeatureQualityAnalysis
+    from benchmarks.core.feature_quality import FeatureQualityAnalysis
     shown = task.test_task if task.test_task is not None else task
     if dataset.features and shown.features and shown.missing_modal:
         return {"feature_quality": FeatureQualityAnalysis(dataset.features, shown, model_cls)}
@@ -490,7 +490,7 @@ class RetrievalProtocol(MissingProtocol):
     description = "cross-modal retrieval with generated features (Hit@10, Hit@20)"
 
     def accepts(self, model_cls) -> bool:
-        from .retrieval import RetrievalAnalysis
+        from benchmarks.core.retrieval import RetrievalAnalysis
         return RetrievalAnalysis.applies_to(model_cls)
 
 

@@ -24,7 +24,7 @@ import torch
 
 from data_prep.dataset import Dataset, load_folder
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SYNTHETIC_PREFIX = "synthetic:"
 PAPER_DATASETS = ("baby", "sports", "clothing", "tiktok")
 DEFAULT_DATA_ROOT = "data"
@@ -197,10 +197,10 @@ def run_job(spec: dict, on_epoch=None) -> dict:
 
     ``on_epoch(point)`` is called after every epoch with the epoch's curve point (progress display)."""
     from benchmarks import registry_entry
-    from benchmarks.cache import ArtifactCache
-    from benchmarks.engine import TrainingFailure, seed_everything, train_and_evaluate
-    from benchmarks.protocols import get_protocol
-    from benchmarks.store import ResultStore
+    from models.cache import ArtifactCache
+    from benchmarks.core.engine import TrainingFailure, seed_everything, train_and_evaluate
+    from benchmarks.core.protocols import get_protocol
+    from benchmarks.run.store import ResultStore
 
     cfg = spec["config"]
     record = {k: spec[k] for k in ("job_id", "grid_group", "model", "group", "dataset", "dataset_kind",
@@ -231,7 +231,7 @@ def run_job(spec: dict, on_epoch=None) -> dict:
             task = protocol.build_task(dataset, cfg, entry.cls, spec["missing_ratio"], device, cache, generated)
             test_time = None
             if task.test_task is not None:  # test_only: train on complete features, test on masked ones
-                from benchmarks.masked_copy import build_pair
+                from benchmarks.core.masked_copy import build_pair
                 model, test_time = build_pair(entry.cls, cfg, task)
             else:
                 model = entry.cls(cfg, task).to(device)
@@ -292,8 +292,8 @@ def load_generated_for(spec: dict) -> dict:
     """The generated features the ``generated`` imputation of this job takes: those saved by the
     best-validation ok job among its producers (``spec["depends_on"]``, one grid of the generating
     model on the same dataset, ratio and seed)."""
-    from benchmarks.protocols import GENERATOR_MODEL, ProtocolError
-    from benchmarks.store import ResultStore
+    from benchmarks.core.protocols import GENERATOR_MODEL, ProtocolError
+    from benchmarks.run.store import ResultStore
 
     producers = list(spec.get("depends_on") or ())
     if not producers or not spec.get("results_dir"):

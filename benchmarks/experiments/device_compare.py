@@ -156,7 +156,7 @@ class Comparison:
 
 
 def _build(entry, cfg, task, seed, device):
-    from benchmarks.engine import seed_everything
+    from benchmarks.core.engine import seed_everything
     with RandomOnHost():
         seed_everything(seed)
         return entry.cls(cfg, task).to(device)
@@ -164,7 +164,7 @@ def _build(entry, cfg, task, seed, device):
 
 def _step(model, users, pos, neg, seed, mode=None):
     """The epoch hook and one batch: (loss, {parameter: gradient})."""
-    from benchmarks.engine import seed_everything
+    from benchmarks.core.engine import seed_everything
     modes = [RandomOnHost()] + ([mode] if mode is not None else [])
     for m in modes:
         m.__enter__()
@@ -185,7 +185,7 @@ def _step(model, users, pos, neg, seed, mode=None):
 
 def _scores(model, task, seed, mode=None) -> torch.Tensor:
     """Scores of every user for every item (training items at -inf), on the host in float64."""
-    from benchmarks.engine import seed_everything
+    from benchmarks.core.engine import seed_everything
     users = torch.arange(task.n_users, device=model.device)
     modes = [RandomOnHost()] + ([mode] if mode is not None else [])
     for m in modes:
@@ -256,7 +256,7 @@ def _topk_check(s_ref: torch.Tensor, s_other: torch.Tensor, tol_rel: float, k: i
 
 
 def _recall20(model, task) -> float:
-    from benchmarks.evaluation import Evaluator
+    from benchmarks.core.evaluation import Evaluator
     ev = Evaluator(task, topk=[20], metrics=("recall",), batch_size=max(1, task.n_users // 3 + 1))
     means, _, _ = ev.evaluate(model, task.valid)
     return means["recall@20"]
@@ -271,10 +271,10 @@ def compare_devices(model_name: str, dataset, protocol_name: str, device: str, *
     CPU-only check); ``alter(model)``: a change applied to the device-side model after the weights
     are copied (a test's deliberate difference)."""
     from benchmarks import registry_entry
-    from benchmarks.cache import ArtifactCache
-    from benchmarks.config import expand_grid, resolve
-    from benchmarks.protocols import get_protocol
-    from benchmarks.sampling import BPRSampler
+    from models.cache import ArtifactCache
+    from benchmarks.run.config import expand_grid, resolve
+    from benchmarks.core.protocols import get_protocol
+    from benchmarks.core.sampling import BPRSampler
     from models.graphs import device_built_graphs_keyed_as_cpu
 
     entry = registry_entry(model_name)
@@ -320,7 +320,7 @@ def compare_devices(model_name: str, dataset, protocol_name: str, device: str, *
     out.users = task_cpu.n_users
     out.top20_mismatched_users, out.top20_tie_swaps = _topk_check(s_cpu, s_dev, out.score_tolerance)
     with RandomOnHost():
-        from benchmarks.engine import seed_everything
+        from benchmarks.core.engine import seed_everything
         seed_everything(seed + 4)
         out.recall20_cpu = _recall20(cpu, task_cpu)
         seed_everything(seed + 4)
@@ -349,7 +349,7 @@ def compare_knn_graphs(dataset, device: str, k: int = 10, tolerance: float = 1e-
     ``tolerance`` of the row's k-th) and the largest weight difference on shared edges."""
     import torch.nn.functional as F
 
-    from benchmarks.protocols import get_protocol
+    from benchmarks.core.protocols import get_protocol
     from models.graphs import knn_graph
     protocol = get_protocol("missing")
     cfg = {"missing_ratio": "auto", "missing_imputation": "mean"}

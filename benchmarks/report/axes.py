@@ -3,7 +3,7 @@
 Every caption names both (``axes_caption``). The paper-layout tables (Table 1/2, levels,
 ratios, retrieval) show one imputation and one mechanism per model and dataset
 (``primary_records``): the default (``mean``, ``uniform``) where it ran, else the only one
-present; the imputation sweep has its own tables (``benchmarks.report_imputation``).
+present; the imputation sweep has its own tables (``benchmarks.report.imputation``).
 """
 from __future__ import annotations
 

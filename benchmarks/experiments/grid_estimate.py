@@ -1,6 +1,6 @@
 """Wall time of the paper's whole grid on one GPU, from measured seconds per epoch.
 
-    python -m benchmarks.grid_estimate --stores results/gpu/speed,results/gpu/catalogue \
+    python -m benchmarks.experiments.grid_estimate --stores results/gpu/speed,results/gpu/catalogue \
         --throughput results/gpu/throughput.json --out results/gpu/grid_estimate.md
 
 The grid: every registered model x baby, sports, clothing, tiktok x 5 seeds x the ``missing`` and
@@ -101,8 +101,8 @@ def estimate(costs: dict, best_epochs: dict | None = None, best_epoch: float = D
              seeds: int = GRID_SEEDS) -> tuple[list[dict], dict]:
     """Per (model, dataset) rows of the grid and the totals (seconds, early-stopped and upper bound)."""
     from benchmarks import registry_entry
-    from benchmarks.config import expand_grid, resolve
-    from benchmarks.protocols import get_protocol
+    from benchmarks.run.config import expand_grid, resolve
+    from benchmarks.core.protocols import get_protocol
     from models.registry import names
     best_epochs = best_epochs or {}
     rows, total, upper, missing = [], 0.0, 0.0, []
@@ -154,7 +154,7 @@ def report(rows, totals, speedups: dict, best_epoch: float) -> str:
 
 
 def main(argv=None) -> int:
-    from benchmarks.bench_common import publish
+    from benchmarks.experiments.bench_common import publish
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stores", required=True, help="comma-separated result folders with GPU records")
     ap.add_argument("--throughput", default=None, help="JSON {K: speed-up} from gpu_check's throughput phase")

@@ -11,7 +11,7 @@ driver writes to ``<results-dir>/per_user/``: results land on the driver's machi
 node ran the job. (Ray moves tasks and results with pickle: the cluster's nodes are trusted
 like this machine; the driver still chooses the per-user file's name itself.)
 
-Resources per job come from configuration keys (``benchmarks/configs/overall.yaml``; set them
+Resources per job come from configuration keys (``benchmarks/run/configs/overall.yaml``; set them
 with ``--set``): ``resources_cpus`` (Ray ``num_cpus``, also the job's torch threads),
 ``resources_gpus`` (``num_gpus``; a fraction below 1 shares a GPU) and
 ``resources_memory_mb`` (Ray's logical ``memory`` resource; null reserves nothing). They are
@@ -37,9 +37,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from .jobs import load_generated_for
-from .runner import MAX_WORKER_CRASHES, _crash_record
-from .store import ResultStore
+from benchmarks.run.jobs import load_generated_for
+from benchmarks.run.runner import MAX_WORKER_CRASHES, _crash_record
+from benchmarks.run.store import ResultStore
 
 REQUIREMENTS_FILE = "requirements-ray.txt"
 MAX_RETRIES = MAX_WORKER_CRASHES - 1  # as the local backend: a job may break its worker once
@@ -121,7 +121,7 @@ def _ray_task(spec: dict, device: str, threads: int):
     metrics, generated features) by the record field that names them."""
     import torch
 
-    from .jobs import run_job
+    from benchmarks.run.jobs import run_job
     torch.set_num_threads(threads)
     spec = dict(spec, config=dict(spec["config"], device=device))
     files = {}

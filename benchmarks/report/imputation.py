@@ -17,11 +17,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .imputation import IMPUTATIONS
-from .report import (LEVEL_METRICS, PROPOSED_MODEL, Cell, Grid, _aggregate, _figure_links, _finite, _links, _num,
+from benchmarks.core.imputation import IMPUTATIONS
+from benchmarks.report.tables import (LEVEL_METRICS, PROPOSED_MODEL, Cell, Grid, _aggregate, _figure_links, _finite, _links, _num,
                      _ratio_caption, _slug, _write_csv, _write_grids, at_official_ratio, data_caption, dataset_order,
                      model_order, rank_styles, short_metric)
-from .report_axes import DEFAULT_MECHANISM, imputation_of, mechanism_of, uses_features
+from benchmarks.report.axes import DEFAULT_MECHANISM, imputation_of, mechanism_of, uses_features
 
 REFERENCE = "mean"
 LABELS = {"zero": "zero", "mean": "mean", "feature_knn": "feature kNN", "graph_mean": "graph mean",

@@ -1,6 +1,6 @@
 """Benchmark: DGMRec cost on reference TikTok (vs the official figures) and peak memory at full scale.
 
-    python -m benchmarks.bench_dgmrec [--parts tiktok,clothing,elec] [--epochs 3] [--threads N]
+    python -m benchmarks.experiments.bench_dgmrec [--parts tiktok,clothing,elec] [--epochs 3] [--threads N]
                                       [--max-batches N] [--cache-dir DIR]
 
 Parts (each runs in its own subprocess, so every peak-memory figure is that part's alone):
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_common import OFFICIAL_RESULTS, REFERENCE, official_records
+from benchmarks.experiments.bench_common import OFFICIAL_RESULTS, REFERENCE, official_records
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 TARGETS_GIB = {"clothing": 8.0, "elec": 20.0}
 
 
@@ -71,12 +71,12 @@ def matmul_gflops(n: int = 1024, repeats: int = 3) -> float:
 
 def run_part(part: str, args) -> dict:
     from benchmarks import registry_entry
-    from benchmarks.cache import ArtifactCache
-    from benchmarks.config import resolve
-    from benchmarks.engine import seed_everything, train_and_evaluate
-    from benchmarks.evaluation import Evaluator
-    from benchmarks.jobs import PeakMemory
-    from benchmarks.protocols import get_protocol
+    from models.cache import ArtifactCache
+    from benchmarks.run.config import resolve
+    from benchmarks.core.engine import seed_everything, train_and_evaluate
+    from benchmarks.core.evaluation import Evaluator
+    from benchmarks.run.jobs import PeakMemory
+    from benchmarks.core.protocols import get_protocol
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,9 +139,9 @@ def truncated_epoch(model, task, cfg, rng, max_batches: int):
     """The engine's epoch cut after ``max_batches`` batches, then one validation and one test
     evaluation: same tensors, optimiser and hooks, so the same peak memory as a full epoch
     (every batch has the same shapes), in a fraction of the time on a loaded machine."""
-    from benchmarks.engine import TrainResult
-    from benchmarks.evaluation import Evaluator
-    from benchmarks.sampling import BPRSampler
+    from benchmarks.core.engine import TrainResult
+    from benchmarks.core.evaluation import Evaluator
+    from benchmarks.core.sampling import BPRSampler
 
     optimizer = torch.optim.Adam(model.optimizer_parameters(), lr=float(cfg["learning_rate"]))
     sampler = BPRSampler(task, rng)
@@ -224,7 +224,7 @@ def main(argv=None) -> None:
         print("RESULT " + json.dumps(run_part(args.single, args)), flush=True)
         return
     for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
-        cmd = [sys.executable, "-m", "benchmarks.bench_dgmrec", "--single", part, "--data-root", args.data_root,
+        cmd = [sys.executable, "-m", "benchmarks.experiments.bench_dgmrec", "--single", part, "--data-root", args.data_root,
                "--min-free-gib", str(args.min_free_gib),
                "--epochs", str(args.epochs), "--threads", str(args.threads), "--max-batches", str(args.max_batches)]
         if args.cache_dir:

@@ -17,10 +17,10 @@ import re
 import numpy as np
 import pandas as pd
 
-from .report import (JOB_PROTOCOL, LEVEL_METRICS, Cell, Grid, _aggregate, _figure_links, _finite, _links, _num,
+from benchmarks.report.tables import (JOB_PROTOCOL, LEVEL_METRICS, Cell, Grid, _aggregate, _figure_links, _finite, _links, _num,
                      _ratio_caption, _slug, _write_csv, _write_grids, at_official_ratio, data_caption, dataset_order,
                      model_order, rank_styles, short_metric)
-from .report_axes import axes_short
+from benchmarks.report.axes import axes_short
 
 GROUP_KEY = re.compile(r"^test_group_([a-z]+)$")
 GROUP_ORDER = ("complete", "missing", "warm", "new", "popular", "unpopular")

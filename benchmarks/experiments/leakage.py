@@ -58,10 +58,10 @@ def one_epoch(entry, ds, protocol_name: str, device="cpu", batch_size: int = 256
     """(last batch loss, scores of the first 50 users) after one epoch of ``entry`` on ``ds``, or
     the trained model itself with ``return_model``. ``sets`` override the configuration and
     ``generated`` feeds the ``generated`` imputation."""
-    from benchmarks.config import expand_grid, resolve
-    from benchmarks.engine import seed_everything
-    from benchmarks.protocols import get_protocol
-    from benchmarks.sampling import BPRSampler
+    from benchmarks.run.config import expand_grid, resolve
+    from benchmarks.core.engine import seed_everything
+    from benchmarks.core.protocols import get_protocol
+    from benchmarks.core.sampling import BPRSampler
     dev = torch.device(device)
     cfg = resolve(entry, ds.kind, {"train_batch_size": batch_size, **(sets or {})}, quick=True)
     cfg = expand_grid(cfg, entry.cls.list_params)[0]

@@ -9,11 +9,11 @@ blocking upload on an accelerator). Inside a batch loop that idles the GPU every
 
 ``HostReads`` counts such calls through a ``TorchFunctionMode``, so it works on any device,
 the CPU included: a test on a CPU-only machine can assert that a loop makes no host read per
-batch, and ``python -m benchmarks.host_sync`` lists, per registered model, the host reads of one
+batch, and ``python -m benchmarks.experiments.host_sync`` lists, per registered model, the host reads of one
 training batch (``calculate_loss``, backward and the optimiser step) and of one evaluation
 batch on a small replica.
 
-    python -m benchmarks.host_sync [--models M1,M2] [--dataset synthetic:tiktok]
+    python -m benchmarks.experiments.host_sync [--models M1,M2] [--dataset synthetic:tiktok]
 """
 from __future__ import annotations
 
@@ -77,11 +77,11 @@ def audit_model(name: str, dataset: str = "synthetic:tiktok", scale: float = 0.0
     import numpy as np
 
     from benchmarks import registry_entry
-    from benchmarks.config import expand_grid, resolve
-    from benchmarks.engine import make_adam, seed_everything
-    from benchmarks.jobs import resolve_dataset, load_dataset
-    from benchmarks.protocols import get_protocol
-    from benchmarks.sampling import BPRSampler
+    from benchmarks.run.config import expand_grid, resolve
+    from benchmarks.core.engine import make_adam, seed_everything
+    from benchmarks.run.jobs import resolve_dataset, load_dataset
+    from benchmarks.core.protocols import get_protocol
+    from benchmarks.core.sampling import BPRSampler
 
     entry = registry_entry(name)
     ref, _ = resolve_dataset(dataset, "none", scale)

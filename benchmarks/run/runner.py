@@ -18,12 +18,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import registry_entry
-from .config import check_sets, check_values, expand_grid, resolve
-from .jobs import DEFAULT_DATA_ROOT, PAPER_DATASETS, DatasetRef, code_version, job_id, load_dataset, resolve_dataset, run_job, spec_dict
-from .progress import ProgressBoard, QueueDrain, job_label
-from .protocols import GENERATOR_MODEL, check_axes, get_protocol
-from .store import ResultStore
+from benchmarks import registry_entry
+from benchmarks.run.config import check_sets, check_values, expand_grid, resolve
+from benchmarks.run.jobs import DEFAULT_DATA_ROOT, PAPER_DATASETS, DatasetRef, code_version, job_id, load_dataset, resolve_dataset, run_job, spec_dict
+from benchmarks.run.progress import ProgressBoard, QueueDrain, job_label
+from benchmarks.core.protocols import GENERATOR_MODEL, check_axes, get_protocol
+from benchmarks.run.store import ResultStore
 
 PAPER_SEEDS = (999, 42, 2023, 2024, 2025)
 QUICK_SCALE = 0.05

@@ -1,10 +1,10 @@
 """Cost benchmark: training seconds per epoch, evaluation seconds and peak memory of every model.
 
-    python -m benchmarks.bench_cost                                  # reference TikTok, every model
-    python -m benchmarks.bench_cost --datasets synthetic:clothing --epochs 1
-    python -m benchmarks.bench_cost --datasets synthetic:elec --epochs 1 --set grid_limit=1
-    python -m benchmarks.bench_cost --datasets synthetic:elec --epochs 1 --models LATTICE --max-batches 200
-    python -m benchmarks.bench_cost --device cuda --datasets tiktok,baby --official-src PATH/src --epochs 3
+    python -m benchmarks.experiments.bench_cost                                  # reference TikTok, every model
+    python -m benchmarks.experiments.bench_cost --datasets synthetic:clothing --epochs 1
+    python -m benchmarks.experiments.bench_cost --datasets synthetic:elec --epochs 1 --set grid_limit=1
+    python -m benchmarks.experiments.bench_cost --datasets synthetic:elec --epochs 1 --models LATTICE --max-batches 200
+    python -m benchmarks.experiments.bench_cost --device cuda --datasets tiktok,baby --official-src PATH/src --epochs 3
 
 Each (model, dataset) is one job of the ordinary runner (same code path as a real run: same
 protocol, graphs, training loop and evaluator), with a short schedule (``--epochs``, an
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from benchmarks.bench_common import REFERENCE, official_records, publish
-from benchmarks.runner import RunOptions, execute, plan
-from benchmarks.store import ResultStore
+from benchmarks.experiments.bench_common import REFERENCE, official_records, publish
+from benchmarks.run.runner import RunOptions, execute, plan
+from benchmarks.run.store import ResultStore
 from models.registry import names
 
 
@@ -103,8 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--retry-failed", action="store_true", help="rerun jobs recorded as failed")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     args = ap.parse_args(argv)
-    from benchmarks.config import parse_sets
-    from benchmarks.jobs import pick_device
+    from benchmarks.run.config import parse_sets
+    from benchmarks.run.jobs import pick_device
     models = [m.strip() for m in args.models.split(",")] if args.models else names()
     sets = {"epochs": args.epochs, "eval_step": 1, "stopping_step": 10 ** 6, **parse_sets(args.sets)}
     if args.device:
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
 
 def _run_official(args, jobs: list[dict], store: ResultStore) -> dict:
     """The official run of each (model, reference dataset) of ``jobs``, on our first grid setting."""
-    from benchmarks.official_runs import official_override, run_one
+    from benchmarks.experiments.official_runs import official_override, run_one
     latest = {r["job_id"]: r for r in store.records(warn=False)}
     out, seen = {}, set()
     for j in jobs:

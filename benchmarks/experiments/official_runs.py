@@ -1,14 +1,14 @@
 """More seeds of the official implementation on the reference TikTok data.
 
-    python -m benchmarks.official_runs --official-src /path/to/DGMRec/src \\
-        --models BM3,SimGCL --seeds 42,2023 --out benchmarks/reference/tiktok-official-extra-seeds.json
+    python -m benchmarks.experiments.official_runs --official-src /path/to/DGMRec/src \\
+        --models BM3,SimGCL --seeds 42,2023 --out benchmarks/experiments/reference/tiktok-official-extra-seeds.json
 
 The official results file (``tiktok-official-results.json``) holds one seed for most models, and a
 single run on TikTok moves by 5-30% with the seed, so a mean over our seeds cannot be held against
 it with any power. This script runs the official code itself (a checkout of ptkjw1997/DGMRec,
 its ``src`` folder) on the same data, with the same per-model settings (each model's
 ``config_override`` in the official file, 15 epochs), for further seeds, and writes records in the
-official file's schema; ``benchmarks.fidelity`` pools them with the official file's own runs.
+official file's schema; ``benchmarks.experiments.fidelity`` pools them with the official file's own runs.
 
 Each (model, seed) is one process on a private copy of ``src`` (the official code writes logs
 into its working folder and reads data from ``../data/<dataset>``), with the reference files
@@ -35,8 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_common import EXTRA_SEEDS, OFFICIAL_RESULTS, REFERENCE, official_records, parse_seeds
-from benchmarks.fidelity import official_setting
+from benchmarks.experiments.bench_common import EXTRA_SEEDS, OFFICIAL_RESULTS, REFERENCE, official_records, parse_seeds
+from benchmarks.experiments.fidelity import official_setting
 from data_prep.errors import DataError
 
 _EPOCH = re.compile(r"epoch (\d+) training \[time: ([\d.]+)s, train loss: ([-\d.eE+na]+)\]")
@@ -193,7 +193,7 @@ def run_one(official_src: Path, data_dir: Path, model: str, seed: int, override:
     started = time.time()
     record = {"model": model, "dataset": dataset, "protocol": "missing", "seed": seed,
               "epochs": override.get("epochs"), "config_override": override,
-              "source": "official code run by benchmarks.official_runs", "status": "failed"}
+              "source": "official code run by benchmarks.experiments.official_runs", "status": "failed"}
     try:
         proc = subprocess.run(cmd, cwd=root / "src", env=env, capture_output=True, text=True, timeout=timeout)
         logs = sorted((root / "src" / "log").rglob("*.log"))

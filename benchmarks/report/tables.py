@@ -41,8 +41,8 @@ from tabulate import tabulate
 from data_prep.errors import DataError
 from models.registry import GROUPS, PAPER_ORDER
 
-from . import report_axes
-from .store import ResultStore
+from benchmarks.report import axes as report_axes
+from benchmarks.run.store import ResultStore
 
 PROTOCOL_NAMES = ("missing", "new_items", "missing_level", "missing_ratio", "retrieval", "imputation")
 JOB_PROTOCOL = {"missing": "missing", "new_items": "new_items", "missing_level": "missing",
@@ -1057,10 +1057,12 @@ def write_report(records: list[dict], results_dir: str | Path, protocols=None, s
     index: list[str] = []  # markdown lines
     notes: list[str] = []
     if figures:
-        from . import figures as fig_lib
+        from benchmarks.report import figures as fig_lib
     else:
         fig_lib = None
-    from . import report_groups, report_imputation, report_stats
+    from benchmarks.report import groups as report_groups
+    from benchmarks.report import imputation as report_imputation
+    from benchmarks.report import significance as report_stats
     every_record = records
     records, axes_notes = report_axes.primary_records(records)  # one imputation/mechanism in the paper layouts
     if set(protocols) - {"imputation"}:
@@ -1327,7 +1329,7 @@ def summary_frame(records: list[dict], metrics=TABLE_METRICS) -> pd.DataFrame:
     return _aggregate(pd.DataFrame(rows), ["protocol", "dataset", "ratio", "model", "group", "metric"])
 
 
-if __name__ == "__main__":  # python -m benchmarks.report [results-dir] [protocol ...]
+if __name__ == "__main__":  # python -m benchmarks.report.tables [results-dir] [protocol ...]
     d = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("results")
     st = ResultStore(d)
     for p in write_report(st.records(), d, sys.argv[2:] or None, st):

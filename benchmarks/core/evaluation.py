@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .task import EvalSet
+from models.task import EvalSet
 
 METRICS = ("recall", "ndcg", "precision", "map")
 EXCLUDED_SCORE = -1e10

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import stats
-from .report import (JOB_PROTOCOL, PROPOSED_MODEL, TABLE_METRICS, Cell, Grid, UserMismatchError, _finite, _is_baseline,
+from benchmarks.report import stats
+from benchmarks.report.tables import (JOB_PROTOCOL, PROPOSED_MODEL, TABLE_METRICS, Cell, Grid, UserMismatchError, _finite, _is_baseline,
                      _links, _memo_store, _num, _ratio_caption, _slug, _unique_jobs, _write_csv, _write_grids,
                      at_official_ratio, data_caption, dataset_order, model_order, per_user_mean, short_metric,
                      significance_mark)
@@ -184,8 +184,8 @@ def _ci_grids(ci: pd.DataFrame, recs, ratios, protocol) -> list[Grid]:
 # ----------------------------------------------------------------------------- selection optimism
 def selection_frame(records: list[dict], job_protocol: str, ratios: dict, metrics=SELECTION_METRICS) -> pd.DataFrame:
     """Per (dataset, model, metric): ours vs picking the grid setting by test vs picking the epoch by test."""
-    from .report import same_ratio
-    from .report_axes import primary_records
+    from benchmarks.report.tables import same_ratio
+    from benchmarks.report.axes import primary_records
 
     recs = [r for r in _unique_jobs(records) if r.get("protocol") == job_protocol and r.get("status") == "ok"
             and r["dataset"] in ratios and same_ratio(r.get("missing_ratio", 0.0), ratios[r["dataset"]])]

@@ -11,7 +11,7 @@ from data_prep.shared import reference_root
 
 REFERENCE = reference_root()
 OFFICIAL_RESULTS = REFERENCE / "tiktok-official-results.json"
-# further seeds of the official code on the same data, written by benchmarks.official_runs
+# further seeds of the official code on the same data, written by benchmarks.experiments.official_runs
 EXTRA_SEEDS = Path(__file__).resolve().parent / "reference" / "tiktok-official-extra-seeds.json"
 
 

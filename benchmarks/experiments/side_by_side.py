@@ -1,13 +1,13 @@
 """Same computation: an official model class beside ours, on identical weights and batches.
 
-    python -m benchmarks.side_by_side --official-src /path/to/DGMRec/src --model SGL
-    python -m benchmarks.side_by_side --official-src /path/to/DGMRec/src --model SGL --train --seeds 999,42,2023
+    python -m benchmarks.experiments.side_by_side --official-src /path/to/DGMRec/src --model SGL
+    python -m benchmarks.experiments.side_by_side --official-src /path/to/DGMRec/src --model SGL --train --seeds 999,42,2023
 
 When a model's mean over seeds parts from the official one, two questions remain: is it the
 model (its losses and gradients) or the loop around it (sampling, optimiser, schedule,
 evaluation)? This script answers both on the reference TikTok data, with the official class
 itself, built by the official data pipeline from a checkout of ``ptkjw1997/DGMRec`` (a private
-copy, as ``benchmarks.official_runs`` makes it: ``.cuda()`` to the available device,
+copy, as ``benchmarks.experiments.official_runs`` makes it: ``.cuda()`` to the available device,
 stand-ins for unused imports) with the settings of its official figure:
 
 * default (**check**): the official initial weights are copied into ours, one BPR batch of our
@@ -42,9 +42,9 @@ from unittest import mock
 import numpy as np
 import torch
 
-from benchmarks.bench_common import OFFICIAL_RESULTS, REFERENCE, parse_seeds
-from benchmarks.engine import seed_everything
-from benchmarks.fidelity import official_setting
+from benchmarks.experiments.bench_common import OFFICIAL_RESULTS, REFERENCE, parse_seeds
+from benchmarks.core.engine import seed_everything
+from benchmarks.experiments.fidelity import official_setting
 from data_prep.errors import DataError
 from models.base import Recommender
 
@@ -256,7 +256,7 @@ class OfficialInEngine(Recommender):
 def load_official(root: Path, model: str, seed: int, override: dict) -> torch.nn.Module:
     """The official ``model`` class built as the official quick start builds it (config, dataset,
     training loader, the first value of each grid key, seeds), from the private copy ``root``
-    made by ``benchmarks.official_runs.workspace``; ``override`` as ``pinned_override`` gives it."""
+    made by ``benchmarks.experiments.official_runs.workspace``; ``override`` as ``pinned_override`` gives it."""
     src = str(root / "src")
     for path in (str(root / "stubs"), src):
         if path not in sys.path:
@@ -288,13 +288,13 @@ def load_official(root: Path, model: str, seed: int, override: dict) -> torch.nn
 
 def main(argv=None) -> int:
     from benchmarks import registry_entry
-    from benchmarks.cache import ArtifactCache
-    from benchmarks.engine import train_and_evaluate
-    from benchmarks.jobs import DatasetRef, load_dataset
-    from benchmarks.official_runs import official_settings, pinned_override, workspace
-    from benchmarks.protocols import get_protocol
-    from benchmarks.runner import RunOptions, plan
-    from benchmarks.sampling import BPRSampler
+    from models.cache import ArtifactCache
+    from benchmarks.core.engine import train_and_evaluate
+    from benchmarks.run.jobs import DatasetRef, load_dataset
+    from benchmarks.experiments.official_runs import official_settings, pinned_override, workspace
+    from benchmarks.core.protocols import get_protocol
+    from benchmarks.run.runner import RunOptions, plan
+    from benchmarks.core.sampling import BPRSampler
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official-src", required=True, help="the src folder of a ptkjw1997/DGMRec checkout")

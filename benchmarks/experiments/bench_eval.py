@@ -1,6 +1,6 @@
 """Benchmark: LightGCN training seconds per epoch and full-ranking evaluation seconds.
 
-    python -m benchmarks.bench_eval [--data-root ../shared/data/reference] [--dataset tiktok] [--repeats 5]
+    python -m benchmarks.experiments.bench_eval [--data-root ../shared/data/reference] [--dataset tiktok] [--repeats 5]
 
 Prints, for the test split of the missing protocol, the evaluator's seconds per full
 pass and the seconds of a bare ``users @ items.T`` plus ``topk`` of the same shapes (the
@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from benchmarks import registry_entry
-from benchmarks.config import resolve
-from benchmarks.engine import seed_everything, train_and_evaluate
-from benchmarks.evaluation import Evaluator
-from benchmarks.jobs import DatasetRef, load_dataset, resolve_dataset
-from benchmarks.protocols import get_protocol
+from benchmarks.run.config import resolve
+from benchmarks.core.engine import seed_everything, train_and_evaluate
+from benchmarks.core.evaluation import Evaluator
+from benchmarks.run.jobs import DatasetRef, load_dataset, resolve_dataset
+from benchmarks.core.protocols import get_protocol
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
+DEFAULT_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "reference"
 
 
 def bare_scoring_seconds(user_emb: torch.Tensor, item_emb: torch.Tensor, batch: int, k: int, repeats: int) -> float:

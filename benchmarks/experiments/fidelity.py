@@ -1,8 +1,8 @@
 """Fidelity check: our models against the official implementation on identical inputs.
 
-    python -m benchmarks.fidelity                       # every model that has an official figure
-    python -m benchmarks.fidelity --models DGMRec,BM3 --seeds 999,42,2023,2024,2025
-    python -m benchmarks.fidelity --report-only         # tabulate what the store already holds
+    python -m benchmarks.experiments.fidelity                       # every model that has an official figure
+    python -m benchmarks.experiments.fidelity --models DGMRec,BM3 --seeds 999,42,2023,2024,2025
+    python -m benchmarks.experiments.fidelity --report-only         # tabulate what the store already holds
 
 Runs (or resumes) the ``missing`` protocol on the reference TikTok dataset
 (``../shared/data/reference``) with the official schedule (15 epochs, evaluation after every
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from benchmarks.bench_common import EXTRA_SEEDS, OFFICIAL_RESULTS, REFERENCE, official_records, parse_seeds, publish
-from benchmarks.report import select_grid
-from benchmarks.store import ResultStore
+from benchmarks.experiments.bench_common import EXTRA_SEEDS, OFFICIAL_RESULTS, REFERENCE, official_records, parse_seeds, publish
+from benchmarks.report.tables import select_grid
+from benchmarks.run.store import ResultStore
 from data_prep.errors import DataError
 
 METRICS = ("recall@20", "ndcg@20")
@@ -44,7 +44,7 @@ Z_LIMIT = 2.0
 def official_runs(path: Path = OFFICIAL_RESULTS, extra: tuple[Path, ...] = ()) -> dict[str, list[dict]]:
     """The official ``ok`` missing-protocol runs per model (``partial`` grids count: their
     recorded setting finished), from the official file and then from ``extra`` files of further
-    official seeds (``benchmarks.official_runs``); a model and seed already seen is not taken twice."""
+    official seeds (``benchmarks.experiments.official_runs``); a model and seed already seen is not taken twice."""
     out: dict[str, list[dict]] = {}
     seen = set()
     for source in (path, *extra):
@@ -173,8 +173,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=str(REFERENCE))
     ap.add_argument("--official", default=str(OFFICIAL_RESULTS))
     ap.add_argument("--official-extra", action="append", default=None,
-                    help="file(s) of further official seeds (benchmarks.official_runs); default: "
-                         "benchmarks/reference/tiktok-official-extra-seeds.json when present; "
+                    help="file(s) of further official seeds (benchmarks.experiments.official_runs); default: "
+                         "benchmarks/experiments/reference/tiktok-official-extra-seeds.json when present; "
                          "'none': the official file alone")
     ap.add_argument("--out", default="results/fidelity")
     ap.add_argument("--jobs", type=int, default=1)
@@ -192,8 +192,8 @@ def main(argv=None) -> int:
     models = [m.strip() for m in args.models.split(",")] if args.models else \
         [m for m in PAPER_ORDER if m in official]
     if not args.report_only:
-        from benchmarks.config import parse_sets
-        from benchmarks.runner import RunOptions, execute, plan
+        from benchmarks.run.config import parse_sets
+        from benchmarks.run.runner import RunOptions, execute, plan
         sets = {"epochs": args.epochs, **parse_sets(args.sets)}
         opts = RunOptions(protocols=["missing"], datasets=["tiktok"], models=models,
                           seeds=parse_seeds(args.seeds), data_root=args.data_root, full=True,

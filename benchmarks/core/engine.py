@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .evaluation import Evaluator
-from .sampling import BPRSampler
+from benchmarks.core.evaluation import Evaluator
+from benchmarks.core.sampling import BPRSampler
 
 
 class TrainingFailure(RuntimeError):
@@ -113,7 +113,7 @@ def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, prog
     (epoch, train loss and, on evaluation epochs, the validation metric and the best so far).
 
     Every test pass also scores the item groups of ``task.item_groups`` (``test_group_<name>``
-    and ``exposure`` in ``extra``). ``test_time`` (``benchmarks.masked_copy.MaskedCopy``, the
+    and ``exposure`` in ``extra``). ``test_time`` (``benchmarks.core.masked_copy.MaskedCopy``, the
     test_only mechanism): test passes score the trained weights on the masked task instead."""
     epochs = int(config["epochs"])
     eval_step = int(config["eval_step"])

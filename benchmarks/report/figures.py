@@ -6,7 +6,7 @@ name a colour from a second palette chosen by a stable hash of the name (md5, so
 same in every process). The marker says the model's group: square collaborative, circle
 multi-modal, triangle missing-modality-aware, star proposed.
 
-The functions take tidy ``pandas`` frames built by ``benchmarks.report`` and return the
+The functions take tidy ``pandas`` frames built by ``benchmarks.report.tables`` and return the
 paths they wrote.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from models.registry import PAPER_ORDER  # noqa: E402
 
-from .report import model_order  # noqa: E402  (one ordering for tables and figures)
+from benchmarks.report.tables import model_order  # noqa: E402  (one ordering for tables and figures)
 
 PROPOSED_COLOR = "#d62728"
 # One colour per PAPER_ORDER position (the proposed model is coloured separately): collaborative

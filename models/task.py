@@ -1,6 +1,6 @@
 """What a model is allowed to see: the output of a protocol.
 
-A ``Task`` is built by a protocol (``benchmarks.protocols``) from a ``Dataset``. It holds the
+A ``Task`` is built by a protocol (``benchmarks.core.protocols``) from a ``Dataset``. It holds the
 training interactions, the *masked and imputed* features, the missing-modality sets, the
 new items and the evaluation sets. Models receive a Task and nothing else, so the true
 features of masked items and the held-out interactions of new items cannot reach them.
@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .cache import ArtifactCache
+from models.cache import ArtifactCache
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Everything the suite measures on a GPU, in one call that fits a 9-minute slot.
 
-    python -m benchmarks.gpu_check --device cuda --official-src /path/to/DGMRec/src   # on the GPU
-    python -m benchmarks.gpu_check --device cpu --smoke                               # rehearsal
+    python -m benchmarks.experiments.gpu_check --device cuda --official-src /path/to/DGMRec/src   # on the GPU
+    python -m benchmarks.experiments.gpu_check --device cpu --smoke                               # rehearsal
 
 Phases, each with a time budget (``--budget`` seconds in all, shared out by ``PHASES``; what a
 phase leaves unused goes to the next), results in one folder (``--out``, default ``results/gpu``):
@@ -49,10 +49,10 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
-from benchmarks.bench_common import REFERENCE as _REFERENCE
+from benchmarks.experiments.bench_common import REFERENCE as _REFERENCE
 
 # the reference data beside the checkout, or inside it (a copy of the working tree with shared/ in it)
-REFERENCE = next((p for p in (_REFERENCE, Path(__file__).resolve().parents[1] / "shared" / "data" / "reference")
+REFERENCE = next((p for p in (_REFERENCE, Path(__file__).resolve().parents[2] / "shared" / "data" / "reference")
                   if p.is_dir()), _REFERENCE)
 
 # seconds of the default 520 s budget per phase
@@ -114,7 +114,7 @@ def start_replicas(out: Path, kinds, scale: float) -> list[subprocess.Popen]:
         if path.is_file():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.gpu_check", "--child-replica",
+        procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.experiments.gpu_check", "--child-replica",
                                        f"{kind}:{scale:g}:{path}"], env=dict(os.environ, OMP_NUM_THREADS="4")))
     return procs
 
@@ -135,7 +135,9 @@ def _replicas_from(work: Path):
     """Within: the planner and the jobs load the pickled replicas made by ``start_replicas``."""
     import functools
 
-    from benchmarks import jobs, runner
+    from benchmarks.run import jobs
+
+    from benchmarks.run import runner
     original = jobs.load_dataset
 
     @functools.lru_cache(maxsize=4)
@@ -155,7 +157,7 @@ def _replicas_from(work: Path):
 def _child_bench(args_json: str) -> int:
     """One catalogue job (a bench_cost call) on a pickled replica, in its own process."""
     spec = json.loads(args_json)
-    from benchmarks import bench_cost
+    from benchmarks.experiments import bench_cost
     with _replicas_from(Path(spec["work"])):
         return bench_cost.main(spec["argv"])
 
@@ -163,9 +165,9 @@ def _child_bench(args_json: str) -> int:
 # --------------------------------------------------------------------------- phases
 
 def phase_correctness(device, models, clock, out: Path, smoke: bool) -> list[dict]:
-    from benchmarks.device_compare import compare_devices, compare_knn_graphs
-    from benchmarks.host_sync import audit_model
-    from benchmarks.leakage import check_leak
+    from benchmarks.experiments.device_compare import compare_devices, compare_knn_graphs
+    from benchmarks.experiments.host_sync import audit_model
+    from benchmarks.experiments.leakage import check_leak
     from data_prep.synthetic import make_replica
     from models.registry import get
     data = {k: make_replica(k, scale=0.02, seed=7) for k in ("baby", "tiktok")}
@@ -227,11 +229,11 @@ def _profile(model: str, device: str) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     from benchmarks import registry_entry
-    from benchmarks.config import expand_grid, resolve
-    from benchmarks.engine import make_adam, seed_everything
-    from benchmarks.jobs import load_dataset, resolve_dataset
-    from benchmarks.protocols import get_protocol
-    from benchmarks.sampling import BPRSampler
+    from benchmarks.run.config import expand_grid, resolve
+    from benchmarks.core.engine import make_adam, seed_everything
+    from benchmarks.run.jobs import load_dataset, resolve_dataset
+    from benchmarks.core.protocols import get_protocol
+    from benchmarks.core.sampling import BPRSampler
     entry = registry_entry(model)
     reference = (REFERENCE / "tiktok").is_dir()
     ref, _ = resolve_dataset("tiktok" if reference else "synthetic:tiktok", REFERENCE, 0.1)
@@ -266,8 +268,8 @@ def _profile(model: str, device: str) -> str:
 
 
 def phase_throughput(device, clock, out: Path, work: Path, smoke: bool) -> dict:
-    from benchmarks.runner import RunOptions, execute, gpu_worker_slots, plan
-    from benchmarks.store import ResultStore
+    from benchmarks.run.runner import RunOptions, execute, gpu_worker_slots, plan
+    from benchmarks.run.store import ResultStore
     reference = (REFERENCE / "tiktok").is_dir() and not smoke
     models = list(THROUGHPUT_MODELS[:2] if smoke else THROUGHPUT_MODELS)
     ks = (1, 2) if smoke else (1, 2, 4)
@@ -305,7 +307,7 @@ def phase_throughput(device, clock, out: Path, work: Path, smoke: bool) -> dict:
 
 
 def phase_speed(device, models, clock, out: Path, work: Path, smoke: bool, official_src) -> None:
-    from benchmarks import bench_cost
+    from benchmarks.experiments import bench_cost
     datasets = "tiktok" if smoke else "tiktok,baby"
     argv = ["--device", device, "--datasets", datasets, "--data-root", str(REFERENCE), "--models", ",".join(models),
             "--epochs", "1" if smoke else "3", "--out", str(work / "speed"), "--set", "grid_limit=1",
@@ -338,7 +340,7 @@ def phase_catalogue(device, models, clock, out: Path, work: Path, scale: float, 
                     "argv": ["--device", device, "--datasets", f"synthetic:{kind}", "--models", model, "--epochs", "1",
                              "--scale", f"{scale:g}", "--out", str(folder), "--set", "grid_limit=1"]}
             try:
-                subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--child-bench", json.dumps(spec)],
+                subprocess.run([sys.executable, "-m", "benchmarks.experiments.gpu_check", "--child-bench", json.dumps(spec)],
                                timeout=max(5.0, clock.remaining()), capture_output=True, text=True)
             except subprocess.TimeoutExpired:
                 rows.append({"model": model, "dataset": kind,
@@ -371,7 +373,7 @@ def phase_catalogue(device, models, clock, out: Path, work: Path, scale: float, 
 
 
 def phase_estimate(device, out: Path, work: Path) -> None:
-    from benchmarks import grid_estimate
+    from benchmarks.experiments import grid_estimate
     grid_estimate.main(["--stores", f"{work / 'speed'},{work / 'catalogue'}", "--throughput", str(out / "throughput.json"),
                         "--device-type", torch.device(device).type,
                         "--out", str(out / "grid_estimate.md")])
@@ -396,7 +398,7 @@ def main(argv=None) -> int:
         return _child_replica(args.child_replica)
     if args.child_bench:
         return _child_bench(args.child_bench)
-    from benchmarks.jobs import pick_device
+    from benchmarks.run.jobs import pick_device
     from models.registry import names
     try:
         device = str(pick_device(args.device))
