@@ -26,7 +26,7 @@ def require_shared(path, what: str = "the shared data") -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def release_dir():
     """The official release's folder under ../shared (skipped outside CI when absent)."""
     from data_prep.shared import release_root
@@ -34,7 +34,7 @@ def release_dir():
     return release_root()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def reference_dir():
     """The reference datasets under ../shared (skipped outside CI when absent)."""
     from data_prep.shared import reference_root
@@ -42,7 +42,7 @@ def reference_dir():
     return reference_root()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data(release_dir, reference_dir):
     """Both shared folders (use as ``@pytest.mark.usefixtures("shared_data")``)."""
     return release_dir, reference_dir

@@ -116,7 +116,7 @@ def test_grcn_tiktok_best_is_a_grid():
         {(n, lr) for n in (1, 2) for lr in (0.001, 0.005, 0.007, 0.01)}
 
 
-# ----------------------------------------------------------------------------- VBPR (#10)
+# ----------------------------------------------------------------------------- VBPR: which modalities feed the projection
 @pytest.mark.parametrize("kind", KINDS)
 def test_vbpr_text_only_input(kind):
     task = task_for(kind, "missing")
@@ -138,7 +138,7 @@ def test_vbpr_text_only_input(kind):
     assert ref.item_vectors().shape == (task.n_items, 128) and ref.user_factors.shape[1] == 128
 
 
-# ----------------------------------------------------------------------------- MMGCN (#6, #8)
+# ----------------------------------------------------------------------------- MMGCN: untrained ID tables, stale scoring vectors
 def test_mmgcn_untrained_embeddings():
     ref, task, _ = build("MMGCN", "baby")
     names = {n for n, _ in ref.named_parameters()}
@@ -205,7 +205,7 @@ def test_stale_evaluation_cache(name):
             assert torch.allclose(got, before, atol=1e-6)
 
 
-# ----------------------------------------------------------------------------- GRCN (#7)
+# ----------------------------------------------------------------------------- GRCN: the routing that changes nothing
 def test_grcn_routing_noop_and_fix():
     users = torch.arange(15)
     out = {}
@@ -239,7 +239,7 @@ def test_grcn_attention_hand_checked():
     assert model.forward().shape[1] == 64 * 3  # id + v + t
 
 
-# ----------------------------------------------------------------------------- SLMRec (#9)
+# ----------------------------------------------------------------------------- SLMRec: which batch rows the FAC terms use
 def _fac_by_hand(model, views, idx, rows_v, rows_t):
     a = model.g_i_iv(views["id"][idx])
     bv = model.g_v_iv(views["v"][idx])
@@ -283,7 +283,7 @@ def test_slmrec_main_loss_is_inbatch_softmax():
         assert torch.allclose(total, main + model.ssl_alpha * model.fac_loss(views, p), rtol=1e-5)
 
 
-# ----------------------------------------------------------------------------- BM3 (#16)
+# ----------------------------------------------------------------------------- BM3: new-item scores, the audio projection's init
 def test_bm3_new_item_scores():
     users = torch.arange(10)
     ref, task, cfg = build("BM3", "baby", "new_items")

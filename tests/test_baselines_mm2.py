@@ -1,6 +1,6 @@
 """LATTICE, MGCN, LGMRec, DAMRS, GUME: shared graph blocks against hand/dense computations,
 one short epoch per model under both protocols with 2 and 3 modalities, and one test per
-reference-defect option showing what it changes (spec 3.6-3.10, section 5)."""
+reference-defect option showing what it changes."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,5 @@
 """DGMRec (models/dgmrec.py): loss terms pinned against an independent dense implementation of
-spec 5.5 on hand-made tasks, the 2- and 3-modality paths, the masking guarantee, new-item
+its training objective on hand-made tasks, the 2- and 3-modality paths, the masking guarantee, new-item
 generation, and what every quirk option changes."""
 import dataclasses
 
@@ -67,7 +67,7 @@ def hand_model(n_mod: int, seed=0, new=(), **sets):
     return ENTRY.cls(config(task.dataset_kind, **base), task), task
 
 
-# --------------------------------------------------------------------------- independent reference (spec 5.5)
+# --------------------------------------------------------------------------- independent reference: every loss term, dense
 
 def dense_knn(x, k, miss):
     xn = x / x.norm(dim=1, keepdim=True)

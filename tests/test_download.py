@@ -6,7 +6,6 @@ import http.server
 import shutil
 import socket
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -169,12 +168,15 @@ def test_unknown_name_lists_known_names(tmp_path, capsys):
 
 
 def test_offline_lists_files_and_folder_and_fails_fast(tmp_path, monkeypatch, capsys):
-    _no_network(monkeypatch, reachable=False)
+    _no_network(monkeypatch, reachable=False)  # a fetch attempt would fail the test
+    probed = []
+    monkeypatch.setattr(dl, "probe", lambda hosts, timeout=3.0: probed.append((list(hosts), timeout)) or set())
     root = tmp_path / "data"
-    t0 = time.monotonic()
     with pytest.raises(dl.OfflineError) as info:
         dl.download("baby", root)
-    assert time.monotonic() - t0 < 2
+    # fails fast: one bounded connectivity probe of the sources' hosts, then no download attempt at all
+    assert len(probed) == 1 and ("raw.githubusercontent.com", 443) in probed[0][0]
+    assert probed[0][1] == dl.PROBE_TIMEOUT
     msg = str(info.value)
     assert "offline" in msg.splitlines()[0]
     for name in ("baby.inter", "baby_del.inter", "missing_items_0.666.npy", "image_feat.npy", "text_feat.npy"):
@@ -333,7 +335,7 @@ def test_pooch_path_against_a_local_server(tmp_path, monkeypatch, case):
         server.server_close()
 
 
-def test_probe_is_local_and_fast():
+def test_probe_finds_the_listening_port_with_bounded_attempts(monkeypatch):
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen()
@@ -342,13 +344,21 @@ def test_probe_is_local_and_fast():
     closed.bind(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]
     closed.close()
+    attempts = []
+    connect = socket.create_connection
+
+    def recorded(address, timeout=None, *args, **kwargs):
+        attempts.append((address, timeout))
+        return connect(address, timeout, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", recorded)
     try:
-        t0 = time.monotonic()
         assert dl.probe([("127.0.0.1", open_port), ("127.0.0.1", closed_port)], timeout=1.0) == {
             ("127.0.0.1", open_port)}
-        assert time.monotonic() - t0 < 1.5
     finally:
         srv.close()
+    # every host tried once, each connection attempt bounded by the probe's timeout
+    assert sorted(attempts) == sorted([(("127.0.0.1", open_port), 1.0), (("127.0.0.1", closed_port), 1.0)])
 
 
 # --------------------------------------------------------------------------- import and verify

@@ -61,10 +61,13 @@ def test_ui_adjacency_and_lightgcn():
 
 
 def test_losses_by_hand():
-    pos, neg = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
-    want = -(np.log(1 / (1 + np.exp(-1.0))) + np.log(1 / (1 + np.exp(1.0)))) / 2
+    # Score gaps s⁺ - s⁻ of 2 and -0.5: asymmetric, so a flipped sign (or swapped arguments) moves the
+    # loss from 0.5505 to 1.3005. -log σ(x) = log(1 + e^-x).
+    pos, neg = torch.tensor([3.0, 0.5]), torch.tensor([1.0, 1.0])
+    want = (np.log1p(np.exp(-2.0)) + np.log1p(np.exp(0.5))) / 2
     assert bpr_loss(pos, neg).item() == pytest.approx(want, rel=1e-6)
     assert bpr_loss(pos, neg, gamma=1e-10).item() == pytest.approx(want, rel=1e-6)
+    assert bpr_loss(neg, pos).item() == pytest.approx((np.log1p(np.exp(2.0)) + np.log1p(np.exp(-0.5))) / 2, rel=1e-6)
     a, b = torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     assert emb_norm(a, b).item() == pytest.approx((5 + np.sqrt(5)) / 2)
     assert squared_l2(a, b, batch_size=4).item() == pytest.approx(0.5 * (25 + 5) / 4)

@@ -30,7 +30,6 @@ from data_prep.errors import DataError
 from data_prep.mask_files import read_mask_groups, write_mask_npz
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 ROWS = [(0, 0, 0), (0, 1, 0), (0, 2, 1), (0, 3, 2), (1, 1, 0), (1, 2, 0), (1, 0, 1), (1, 3, 2), (2, 3, 0), (2, 0, 1),
         (2, 1, 2)]
 MASK = "missing_items_0.5.npy"
@@ -149,9 +148,9 @@ def test_unverified_download_of_a_hostile_mask_is_refused(tmp_path, sentinel, mo
     assert not (tmp_path / "data" / "toy" / MASK).exists()
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not beside the checkout")
-def test_official_and_reference_masks_load_bit_identically():
-    paths = sorted(SHARED.glob("*/*/missing_items_*.npy"))
+def test_official_and_reference_masks_load_bit_identically(shared_data):
+    release, reference = shared_data
+    paths = sorted(release.glob("*/missing_items_*.npy")) + sorted(reference.glob("*/missing_items_*.npy"))
     assert len(paths) == 9  # 6 release files, 3 reference copies
     for path in paths:
         trusted = np.load(path, allow_pickle=True).item()  # these are the trusted release files
@@ -163,7 +162,7 @@ def test_official_and_reference_masks_load_bit_identically():
         write_mask_npz(buf, got)
         with np.load(io.BytesIO(buf.getvalue()), allow_pickle=False) as z:
             assert sorted(z.files) == sorted(trusted) and all(np.array_equal(z[k], trusted[k]) for k in trusted)
-    for path in sorted(SHARED.glob("reference/tiktok/missing_items_*.npy")):
+    for path in sorted(reference.glob("tiktok/missing_items_*.npy")):
         checked = read_mask(path, 6710, 3)
         trusted = np.load(path, allow_pickle=True).item()
         assert all(np.array_equal(checked[k], trusted[k]) for k in trusted)

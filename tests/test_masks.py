@@ -1,4 +1,4 @@
-"""Tests of data_prep.masks: strata, new items, missing-modality masks (spec dgmrec.md 1.3, 1.4)."""
+"""Tests of data_prep.masks: strata, new items, missing-modality masks, against the official release's files."""
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,8 @@ from data_prep.masks import (
 
 RELEASE = release_root()
 
-# Spec 1.4 table (shipped files).
-SPEC_SIZES = {
+# Group sizes of the mask files the official release ships (missing ratio 2/3).
+SHIPPED_SIZES = {
     ("baby", 7050): {"t": 1174, "v": 1176, "all": 2350},
     ("sports", 18357): {"t": 3058, "v": 3060, "all": 6119},
     ("clothing", 23033): {"t": 3837, "v": 3838, "all": 7679},
@@ -136,10 +136,10 @@ def test_ratio_zero_gives_empty_groups_with_the_official_keys():
         assert all(len(v) == 0 and v.dtype == np.int64 for v in g.values())
 
 
-@pytest.mark.parametrize("key", list(SPEC_SIZES))
+@pytest.mark.parametrize("key", list(SHIPPED_SIZES))
 def test_amazon_sizes_equal_the_shipped_files(key):
     g = draw_missing_mask(item_strata(np.zeros(key[1], dtype=int)), 2 / 3, 2)
-    assert {k: len(v) for k, v in g.items()} == SPEC_SIZES[key]
+    assert {k: len(v) for k, v in g.items()} == SHIPPED_SIZES[key]
     missing = _union(g)
     assert len(np.unique(missing)) == len(missing)
 

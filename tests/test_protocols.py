@@ -1,4 +1,4 @@
-"""Protocols: masking and imputation before any model, split counts against the spec."""
+"""Protocols: masking and imputation before any model, split counts against the official release's TikTok data."""
 import copy
 from pathlib import Path
 
@@ -10,11 +10,7 @@ from baselines.lightgcn import LightGCN
 from baselines.mfbpr import MFBPR
 from benchmarks.core.protocols import get_protocol, impute_features, ProtocolError, normalize_imputation
 from data_prep.dataset import load_folder
-from data_prep.shared import reference_root
 from models.base import Recommender
-
-REFERENCE = reference_root()
-needs_reference = pytest.mark.usefixtures("reference_dir")  # skipped where ../shared is absent, failed in CI
 
 
 class FeatureModel(Recommender):
@@ -28,8 +24,9 @@ class NativeModel(Recommender):
 
 
 @pytest.fixture(scope="module")
-def tiktok():
-    return load_folder(REFERENCE, "tiktok", source="reference")
+def tiktok(reference_dir):
+    """The reference TikTok data: its tests skip where ../shared is absent and fail in CI (CI=true)."""
+    return load_folder(reference_dir, "tiktok", source="reference")
 
 
 def test_impute_mean_zero_and_exclusion():
@@ -47,7 +44,6 @@ def test_impute_mean_zero_and_exclusion():
         normalize_imputation("median")
 
 
-@needs_reference
 @pytest.mark.parametrize("protocol", ["missing", "new_items"])
 @pytest.mark.parametrize("model_cls", [FeatureModel, NativeModel])
 def test_true_values_of_masked_features_never_reach_a_model(tiktok, protocol, model_cls):
@@ -67,7 +63,6 @@ def test_true_values_of_masked_features_never_reach_a_model(tiktok, protocol, mo
             assert (task.features[m][torch.from_numpy(clean.missing[m])] == 0).all()
 
 
-@needs_reference
 def test_missing_protocol_counts(tiktok):
     task = get_protocol("missing").build_task(tiktok, {}, LightGCN, 0.6)
     assert task.features == {}  # a collaborative model gets no features at all
@@ -77,9 +72,9 @@ def test_missing_protocol_counts(tiktok):
     assert not task.new_items.any()
 
 
-@needs_reference
-def test_new_items_protocol_counts_match_spec(tiktok):
-    """Spec 4(b): TikTok test set has 13,238 interactions for 4,316 users; 5,668 validation users."""
+def test_new_items_protocol_counts_match_the_official_split(tiktok):
+    """The official new-item split of TikTok: 13,238 test interactions of 4,316 users (the training rows
+    of new items included); 5,668 validation users."""
     task = get_protocol("new_items").build_task(tiktok, {}, MFBPR, 0.6)
     assert len(task.train_users) == 48292
     assert not task.new_items[task.train_items].any()  # no training row of a new item
@@ -88,10 +83,9 @@ def test_new_items_protocol_counts_match_spec(tiktok):
     # every training row of the full file whose item is new was moved into the test set
     full = tiktok.inter
     moved = (full.labels == 0) & task.new_items[full.items]
-    assert moved.sum() == 11249  # spec 1.3: rows removed from the full file to make tiktok_del.inter
+    assert moved.sum() == 11249  # the rows the official tiktok_del.inter leaves out of the full file
 
 
-@needs_reference
 def test_new_item_mean_excludes_new_items(tiktok):
     task = get_protocol("new_items").build_task(tiktok, {}, FeatureModel, 0.6)
     miss, new = task.missing["t"], task.new_items
@@ -100,15 +94,14 @@ def test_new_item_mean_excludes_new_items(tiktok):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-@needs_reference
-def test_missing_level_groups_match_spec(tiktok):
-    """Spec 4(c): TikTok 0.6 test interactions by level: 1087 / 607 / 753 / 599."""
+def test_missing_level_groups_match_the_official_mask(tiktok):
+    """TikTok at ratio 0.6 with the official mask: test interactions of items missing 0, 1, 2 and 3
+    modalities: 1087 / 607 / 753 / 599."""
     task = get_protocol("missing_level").build_task(tiktok, {}, LightGCN, 0.6)
     counts = [task.extra_eval[f"test_level{lv}"].n_interactions for lv in range(4)]
     assert counts == [1087, 607, 753, 599]
 
 
-@needs_reference
 def test_ratio_zero_means_no_masking(tiktok):
     task = get_protocol("missing").build_task(tiktok, {}, FeatureModel, 0.0)
     assert not any(m.any() for m in task.missing.values())
@@ -120,7 +113,6 @@ def test_unknown_protocol():
         get_protocol("nope")
 
 
-@needs_reference
 def test_masked_and_unmasked_runs_never_share_a_cached_artefact(tiktok, tmp_path):
     from models.cache import ArtifactCache
     from models.graphs import knn_graph, ui_adjacency

@@ -1,5 +1,6 @@
 """benchmarks.report.stats against hand-computed and closed-form answers."""
 import numpy as np
+import pytest
 from scipy import stats as sps
 
 from benchmarks.report.stats import bootstrap_ci, bootstrap_means, cohens_dz, holm, paired_t
@@ -45,4 +46,6 @@ def test_effect_size_and_paired_t():
     t, p = paired_t(a, b)
     assert abs(t - 0.5 / (np.sqrt(0.5) / 2)) < 1e-12 and 0 < p < 1
     assert np.isnan(paired_t(a, a)[1]) and np.isnan(cohens_dz(a[:1], b[:1]))
-    assert d.mean() == 0.5
+    # two-sided p of t = sqrt(2) with 3 degrees of freedom, from the t distribution itself
+    assert p == pytest.approx(2 * sps.t.sf(np.sqrt(2), df=3), rel=1e-10)
+    assert cohens_dz(b, a) == pytest.approx(-cohens_dz(a, b)) and paired_t(b, a)[0] == pytest.approx(-t)
