@@ -1,21 +1,10 @@
-"""BM3: bootstrap latent representations for multi-modal recommendation (Zhou et al., WWW 2023),
-as run by the DGMRec reference (spec 3.5).
+"""BM3: bootstrap latent representations for multi-modal recommendation (Zhou et al., WWW 2023).
 
-Negative-free, BYOL-like: the online user/item vectors (LightGCN over [E_u; E_i], items with a
-residual E_i) and the modality projections T_m(Φ_m) (Φ_m = the raw features, trainable) go
-through a shared predictor and are pulled, by cosine similarity, towards dropout-perturbed
-stop-gradient targets: user ↔ item, modality ↔ item, modality ↔ its own target. Scores are
-⟨Pr(u), Pr(i)⟩; features do not enter inference. On 2-modality data the online projections of
-items missing a modality are zeroed (the reference's mask); 3-modality data adds the audio terms
-and no mask. Sampled negatives are ignored (the reference's ``use_neg_sampling: False``).
-
-Reference defects reproduced by default (spec 5, #16):
-
-* under the new-item protocol new items start with zero ID rows, never train and all receive
-  the same score; ``fix_new_item_scores`` scores them with the mean over modalities of
-  Pr(T_m(Φ_m)) instead (the reference's commented-out intent);
-* on 3-modality data the reference re-initialises ``text_trs`` where ``audio_trs`` was meant,
-  so the audio projection keeps PyTorch's default init; ``fix_audio_init`` gives it xavier_normal.
+Negative-free training: online user, item and modality vectors are pulled by cosine similarity
+toward dropout-perturbed, stop-gradient copies through a shared predictor; modalities shape the ID
+embeddings but do not enter scoring. Missing modalities: imputed features, and with two
+modalities the online projections of missing items are zeroed. Details, options and the
+reference defects it can fix: docs/models/BM3.md.
 """
 from __future__ import annotations
 

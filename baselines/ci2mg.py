@@ -1,6 +1,10 @@
 """CI2MG: intra-modality generation on a prototype hypergraph and inter-modality generation by Sinkhorn
 optimal transport, fused with LightGCN ID embeddings (as implemented in the DGMRec release; the paper
-behind the name is not identifiable)."""
+behind the name is not identifiable).
+
+Missing modalities: imputed features; the reconstruction term skips items lacking the modality.
+Details, options and the reference defects it can fix: docs/models/CI2MG.md.
+"""
 from __future__ import annotations
 
 import torch

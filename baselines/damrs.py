@@ -1,24 +1,10 @@
-"""DA-MRS: denoising and aligning multi-modal content and user feedback (Xv et al., KDD 2024; spec 3.9).
+"""DA-MRS: denoising and aligning multi-modal content and user feedback (Xv et al., KDD 2024).
 
-On a LightGCN backbone. Item ID embeddings are also propagated on one item graph per modality
-(denoised binary kNN: a pair is kept only if it is above the mean similarity in *every*
-modality) and on a behaviour graph (items with ≥ 2 common training users, top-k per item); the
-mean of these views is added to the LightGCN item embedding. Training adds
-* neighbour discrimination: per view, pseudo-positive neighbours agreed on by the other views
-  versus by the view alone, contrasted against all items;
-* a symmetric Bernoulli KL between user-item preferences scored with the LightGCN item vectors
-  and with the mean of the item-graph views;
-* BPR with per-sample weights from the agreement of the views (no gradient through weights).
-
-The behaviour graph file ``item_graph_dict.npy`` of the reference is not shipped (its official
-run fails without it); here it is built from the *training* interactions only
-(``graphs.cooccurrence_graph``, cached by the training-split hash), as DA-MRS's
-``build_iib_graph.py`` does, with the README's top-k = 2.
-
-Missing modalities: three modalities (reference TikTok path) isolate each modality's missing
-items after the threshold (with mean imputation); two modalities do not (defect #15, option
-``fix_mask_missing``). New items: training graphs isolate them and they are never candidates of
-the neighbour losses; prediction graphs include them.
+A LightGCN backbone plus item embeddings propagated on denoised item graphs (a pair kept only where
+it is similar in every modality) and on a co-interaction graph built from the training split;
+neighbour discrimination, a preference KL and agreement-weighted BPR align the views. Missing
+modalities: imputed features; with three modalities missing items are isolated in the kNN graphs.
+Details, options and the reference defects it can fix: docs/models/DAMRS.md.
 """
 from __future__ import annotations
 

@@ -1,21 +1,8 @@
-"""GRCN: graph-refined convolutional network (Wei et al., ACM MM 2020), as run by the DGMRec
-reference (spec 3.3).
+"""GRCN: graph-refined convolutional network (Wei et al., ACM MM 2020).
 
-Per modality m (order v, a, t): item content F = norm(lrelu(MLP_m(X_m))), user preference
-P = norm(P_m); one attention pass over the user-item edges in both directions, with the
-affinity ⟨P_u, F_i⟩ soft-maxed over the edges that reach the same node, gives
-rep_m = [P; F] + attention-weighted neighbour sum, and per-edge attention α_m. The edge
-weight of the ID graph is relu(max_m α_m · C[source node, m]) with C a learned per-node,
-per-modality confidence; two weighted sum propagations of norm(E_id) give
-id_rep = x0 + x1 + x2. Item/user vector = [id_rep, rep_v, (rep_a), rep_t]; BPR loss.
-
-Reference defects reproduced by default (spec 5):
-
-* #7 the "routing" iterations that should refine P from the items are a no-op in the
-  reference (messages flow only to items), so they are skipped; ``fix_routing`` runs
-  ``n_layers`` routing iterations with messages flowing item → user (the paper's routing).
-* #8 evaluation uses the representation cached by the last training batch;
-  ``fix_stale_eval`` recomputes it once per evaluation pass.
+Modality attention scores every user-item edge, the ID graph is re-weighted by those scores, and
+ID and content representations are concatenated. Missing modalities: imputed features. Details,
+options and the reference defects it can fix: docs/models/GRCN.md.
 """
 from __future__ import annotations
 

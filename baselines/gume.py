@@ -1,27 +1,11 @@
-"""GUME: graphs and user modalities enhancement for long-tail recommendation (Lin et al., CIKM 2024; spec 3.10).
+"""GUME: graphs and user modalities enhancement for long-tail recommendation (Lin et al., CIKM 2024).
 
-The user-item graph is enhanced with item-item edges between items that are neighbours in both
-the image and the text kNN graphs. Item modality vectors (ID embedding gated by an MLP of the
-trainable raw features) are propagated on the kNN graphs and, with a separate user table per
-modality, on the enhanced graph ("extended" user modality embeddings). An attention over
-modalities separates a coarse shared part from fine modality-specific parts; their mean is added
-to a LightGCN embedding. Losses: BPR, moment alignment of modality views, two InfoNCE terms
-(integrated vs collaborative), a user-modality InfoNCE with noise-perturbed views, regularisers.
-
-Graphs as in the reference: two modalities isolate missing items before the top-k, three
-modalities after it; new-item training graphs drop new items (no self-loop).
-
-Differences from the reference, by design:
-* three modalities: the official run fails an assertion (its edge-intersection loop assumes
-  exactly k entries per row, which masked graphs do not have) unless an unshipped
-  ``inter.json`` cache exists, of unknown provenance (possibly built from unmasked features).
-  Here the item-item edges are computed per row from the masked graphs this run uses (new-item
-  graphs in the new-item protocol), never from unmasked features;
-* a loss term over an empty set of complete positives (at most one) is skipped; the reference
-  produces NaN there and stops training.
-Defects kept by default, with options: #12 new-item zeroing under no_grad
-(``fix_new_item_grad``), #13 alignment loss indexes user rows with item ids (``fix_align_index``)
-and no item-item edges with two modalities (``fix_ii_edges``).
+The user-item graph is enhanced with edges between items that are neighbours in both the image and
+the text kNN graph; extended user modality embeddings, a coarse shared part and fine modality parts
+are added to a LightGCN embedding, with alignment and contrastive losses. Missing modalities:
+imputed features, missing items isolated in the kNN graphs (before the top-k with two modalities,
+after it with three). Details, options, the reference defects it can fix and the two differences
+by design: docs/models/GUME.md.
 """
 from __future__ import annotations
 

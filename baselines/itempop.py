@@ -1,9 +1,8 @@
 """ItemPop: every user gets the items with the most training interactions.
 
-The non-personalised floor that RecBole, Cornac and Elliot report beside every table: a
-model that does not beat it has learned nothing about individual users. It has no
-parameters and is not trained; ties between equally popular items are broken by item id
-(lower first) so that the ranking is deterministic.
+The non-personalised floor every table shows: a model that does not beat it has learned nothing
+about individual users. No parameters, no training; ties go to the lower item id so the ranking is
+deterministic. See docs/models/ItemPop.md.
 """
 from __future__ import annotations
 

@@ -1,27 +1,9 @@
 """LATTICE: latent item-item structure learned from modality features (Zhang et al., ACM MM 2021).
 
-Each modality's raw features (trainable) are projected to 64 dimensions; a top-k cosine graph
-of the projections is the *learned* item graph. It is mixed with the fixed kNN graphs of the
-raw features (weight λ), item ID embeddings are propagated over the mix, and the normalised
-result is added to a LightGCN item embedding (spec 3.6).
-
-How the reference behaves, and so how this port behaves by default:
-
-* the learned graph is rebuilt (with gradient) in the first batch of every epoch; the other
-  batches of the epoch reuse a detached copy;
-* two modalities ("Amazon path"): static graphs isolate missing items after the top-k; the
-  learned graph is row-sum normalised in training but NOT at inference (defect #11, option
-  ``fix_inference_normalization``); new items have zero ID embeddings at start and are left out
-  of the training graphs, but are in the prediction graphs;
-* three modalities ("TikTok path"): static graphs unmasked; one un-normalised mix
-  ``(1-λ) Σ w_m K_m + λ Σ w_m S_m`` in training and prediction; no new-item handling.
-
-The reference keeps the learned graph as a dense I×I tensor and multiplies it every batch. It
-has at most k non-zeros per row and modality, so here only the similarity matrix is dense, in
-row chunks, to pick the neighbours (``graphs.topk_cosine_edges``); the graph itself is a sparse
-edge list, with the same values and gradients. The reference also rebuilds the graph for every
-evaluation batch of 128 users; the parameters do not change within an evaluation pass, so one
-build per pass gives the same scores.
+A top-k cosine graph of projected (trainable) features is mixed with the fixed kNN graph of the raw
+features; item IDs propagated over the mix are added to a LightGCN item embedding. Missing
+modalities: imputed features; with two modalities the static graphs isolate missing items after
+the top-k. Details, options and the reference defects it can fix: docs/models/LATTICE.md.
 """
 from __future__ import annotations
 

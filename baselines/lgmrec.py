@@ -1,16 +1,9 @@
-"""LGMRec: local and global graph learning for multimodal recommendation (Guo et al., AAAI 2024; spec 3.8).
+"""LGMRec: local and global graph learning for multimodal recommendation (Guo et al., AAAI 2024).
 
-Local embeddings: a LightGCN embedding plus, per modality, projected (frozen) features of items,
-averaged into users over their interactions and propagated on the user-item graph. Global
-embeddings: every item (and user, through its interactions) is softly assigned to a few
-learnable hyperedges per modality (Gumbel-softmax); hyperedge states gather the LightGCN item
-embeddings and are scattered back. Hypergraph embeddings of different modalities are contrasted.
-
-Reference behaviour kept by default (defect #14, options in the YAML):
-* Gumbel noise is drawn at evaluation too, so scores are random (``fix_eval_noise``);
-* with three modalities the item contrast uses all positives (duplicates included) against all
-  items, where the two-modality path uses the unique complete positives against complete items
-  (``fix_complete_items``).
+Local embeddings (LightGCN plus propagated modality features) and global ones from learnable soft
+hypergraphs per modality, whose embeddings are contrasted across modalities. Missing modalities:
+imputed features; with two modalities the item contrast uses complete items only. Details,
+options and the reference defects it can fix: docs/models/LGMRec.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""LightGCN: linear propagation on the user-item graph, mean over layers (He et al., SIGIR 2020)."""
+"""LightGCN: linear propagation on the user-item graph, mean over layers (He et al., SIGIR 2020).
+
+Reads no features. Details and options: docs/models/LightGCN.md.
+"""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,7 @@
-"""MFBPR: matrix factorisation trained with BPR (Rendle et al., UAI 2009)."""
+"""MFBPR: matrix factorisation trained with BPR (Rendle et al., UAI 2009).
+
+Reads no features. Details and options: docs/models/MFBPR.md.
+"""
 from __future__ import annotations
 
 import torch

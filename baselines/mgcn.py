@@ -1,15 +1,10 @@
-"""MGCN: multi-view graph convolutional network (Yu et al., ACM MM 2023; spec 3.7).
+"""MGCN: multi-view graph convolutional network (Yu et al., ACM MM 2023).
 
-Item modality features (trainable) are projected and used to *gate* the item ID embedding
-(behaviour-guided purifier); the gated vectors are propagated on fixed feature kNN graphs and
-passed to users through the normalised interaction block R̂. An attention over modalities gives
-a common part, user-preference gates give modality-specific parts, and their mean is added to
-a LightGCN embedding. A contrastive term aligns this side view with the LightGCN view.
-
-Missing modalities: mean-imputed features (protocol) and missing items isolated *before* the
-top-k of each modality graph. New items (new-item protocol): training uses graphs without new
-items and zeroes their gated vectors; the reference does this zeroing under ``no_grad``, which
-detaches the whole item-item view during training (defect #12, option ``fix_new_item_grad``).
+Modality features gate the item ID embedding; the gated vectors are propagated on fixed kNN graphs,
+fused by attention into common and user-gated specific parts, added to a LightGCN embedding and
+contrasted with it. Missing modalities: imputed features, missing items isolated before the top-k
+of each modality graph. Details, options and the reference defects it can fix:
+docs/models/MGCN.md.
 """
 from __future__ import annotations
 

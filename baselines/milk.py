@@ -1,5 +1,10 @@
 """MILK: items represented by their modality features only, trained for invariance to the modality mix
-(Bai et al., SIGIR 2024; as implemented in the DGMRec release)."""
+(Bai et al., SIGIR 2024; as implemented in the DGMRec release).
+
+Missing modalities: imputed features, each item scaled by its number of observed modalities; new
+items need no ID embedding. Details, options and the reference defects it can fix:
+docs/models/MILK.md.
+"""
 from __future__ import annotations
 
 import numpy as np

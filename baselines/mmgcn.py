@@ -1,23 +1,9 @@
 """MMGCN: one graph convolution network per modality on the user-item graph, outputs averaged
-(Wei et al., ACM MM 2019), as run by the DGMRec reference (spec 3.2).
+(Wei et al., ACM MM 2019).
 
-Per modality m: x = norm([P_m; F_m]) (user preference rows, item content rows; the image is
-first mapped to 256 dims by an MLP), then three layers of
-``h = lrelu(Conv(x)); x̂ = lrelu(Lin(x)) + E_id; x = lrelu(G([h, x̂]))``, where Conv is the mean
-over graph neighbours of xW (+ b, then row L2 normalisation, on 2-modality data; no bias and
-no normalisation on 3-modality data, the reference's PyG layer). The item/user vectors are
-the mean over modalities; scores are dot products; loss -log σ(s⁺ - s⁻) + reg.
-
-Reference defects reproduced by default (spec 5):
-
-* #6 the ID embeddings E_id and user preferences P_m are fixed random tensors (never
-  registered, never trained), so the regulariser has no gradient; ``fix_untrained_embeddings``
-  makes them parameters.
-* #8 evaluation uses the representation cached by the last training batch (before that
-  batch's update); ``fix_stale_eval`` recomputes it once per evaluation pass.
-
-Speed: aggregation is linear, so Conv(x) = (M x) W (+ b on nodes with neighbours), with M the
-mean-aggregation matrix; when x is constant (text/audio with fixed P_m) M x is computed once.
+Missing modalities: imputed features (the official TikTok run applies no mask to this model; here
+the protocol masks for every model). Details, options and the reference defects it can fix:
+docs/models/MMGCN.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""NGCF: propagation with learned transforms and an element-wise affinity message (Wang et al., SIGIR 2019)."""
+"""NGCF: propagation with learned transforms and an element-wise affinity message (Wang et al., SIGIR 2019).
+
+Reads no features. Details and options: docs/models/NGCF.md.
+"""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,7 @@
-"""SGL: LightGCN with a contrastive task between two edge-dropped graph views (Wu et al., SIGIR 2021)."""
+"""SGL: LightGCN with a contrastive task between two edge-dropped graph views (Wu et al., SIGIR 2021).
+
+Reads no features. Details, options and the reference defects it can fix: docs/models/SGL.md.
+"""
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,9 @@
 """SiBraR: one shared ("single-branch") network for item IDs and every modality, trained on randomly
-sampled modality pairs (Ganhör et al., RecSys 2024; as implemented in the DGMRec release)."""
+sampled modality pairs (Ganhör et al., RecSys 2024; as implemented in the DGMRec release).
+
+Missing modalities: imputed features, sampled like observed ones unless fixed. Details, options and
+the reference defects it can fix: docs/models/SIBRAR.md.
+"""
 from __future__ import annotations
 
 import numpy as np

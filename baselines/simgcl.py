@@ -1,4 +1,7 @@
-"""SimGCL: LightGCN with a contrastive task between two noise-perturbed propagations (Yu et al., SIGIR 2022)."""
+"""SimGCL: LightGCN with a contrastive task between two noise-perturbed propagations (Yu et al., SIGIR 2022).
+
+Reads no features. Details, options and the reference defects it can fix: docs/models/SimGCL.md.
+"""
 from __future__ import annotations
 
 import torch

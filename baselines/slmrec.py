@@ -1,25 +1,9 @@
-"""SLMRec: self-supervised learning for multimedia recommendation (Tao et al., IEEE TMM 2022),
-as run by the DGMRec reference (spec 3.4).
+"""SLMRec: self-supervised learning for multimedia recommendation (Tao et al., IEEE TMM 2022).
 
-LightGCN branches over [E_u; E_i] (ID view) and [E_u; Linear_m(norm(X_m))] per modality
-(users share E_u), fused by concatenation [id, v, t(, a)] and one linear layer per side.
-Loss: in-batch softmax (cross-entropy against the diagonal) of the normalised user and
-positive-item vectors at temperature ``temp`` (sampled negatives are not used), plus
-``ssl_alpha`` × the fine-and-coarse (FAC) alignment of the ID view with the image view
-(64-d heads) and, one level coarser, with the text view (32-d heads). Adam weight decay 1e-4.
-
-Reference defects reproduced by default (spec 5):
-
-* #9 on 2-modality data the FAC terms use only the batch rows whose item MISSES that modality
-  (inverted mask); on 3-modality data every row is used. ``fix_fac_mask`` uses the rows whose
-  item HAS the modality, for any number of modalities. (Deviation, both settings: a selection
-  with no row contributes 0 instead of the reference's NaN that ends training; without any
-  masked item all rows are used, as MMRec.)
-* #8 evaluation uses the vectors cached by the last training batch; ``fix_stale_eval``
-  recomputes them once per evaluation pass.
-
-Speed: the M+1 LightGCN passes are linear with the same graph, so they run as one pass over
-the column-stacked (N, 64·(M+1)) matrix.
+LightGCN branches for the ID view and each modality view, fused by concatenation, trained with an
+in-batch softmax loss and a fine-and-coarse alignment of the ID view with the modality views.
+Missing modalities: imputed features; the alignment rows are chosen by the mask. Details, options
+and the reference defects it can fix: docs/models/SLMRec.md.
 """
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """VBPR: BPR matrix factorisation whose item vector carries a projection of content features
-(He & McAuley, AAAI 2016), as run by the DGMRec reference (spec 3.1).
+(He & McAuley, AAAI 2016).
 
-Item vector = [free ID factors (64) | Linear(content) (64)]; the user vector is 128 wide and
-the score a dot product. The reference feeds only the *text* features to the projection
-(defect #10); ``fix_text_only: true`` feeds the concatenation of every modality instead
-(text first, then image[, audio]), as MMRec does with text ⊕ image.
+Missing modalities: imputed features (text only, as the official code, unless fixed). Details,
+options and the reference defects it can fix: docs/models/VBPR.md.
 """
 from __future__ import annotations
 

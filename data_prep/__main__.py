@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .download import (CHECKSUMS_NAME, DEFAULT_TIMEOUT, KINDS, DownloadError, download, import_dir,
-                       load_manifest, read_source, verify)
-from .errors import DataError
+from .download import download
+from .errors import DataError, DownloadError
+from .importing import import_dir
+from .manifest import load_manifest
+from .network import DEFAULT_TIMEOUT
+from .provenance import CHECKSUMS_NAME, KINDS, read_source, verify
 
 
 def _parser() -> argparse.ArgumentParser:

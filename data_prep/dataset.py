@@ -27,15 +27,10 @@ import pandas as pd
 
 from .errors import DataError
 from .mask_files import MASK_FILE_RE, read_mask_groups
+from .modalities import MASK_KEYS, Modalities
 
-# Modality code -> feature file. The order is the canonical modality order everywhere.
+# Modality code -> feature file, in the canonical modality order.
 MODALITY_FILES = {"v": "image_feat.npy", "t": "text_feat.npy", "a": "audio_feat.npy"}
-MODALITY_NAMES = {"v": "image", "t": "text", "a": "audio"}
-# Missing-modality groups: the key names the modalities an item lacks.
-MASK_KEYS = {
-    2: ("t", "v", "all"),
-    3: ("t", "v", "a", "tv", "ta", "va", "all"),
-}
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 
 
@@ -76,8 +71,9 @@ class Dataset:
     description: str = ""
 
     @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(m for m in MODALITY_FILES if m in self.features)
+    def modalities(self) -> Modalities:
+        """The modalities whose feature tables the dataset holds (none for interactions only)."""
+        return Modalities(self.features)
 
     def fingerprint_digest(self) -> str:
         """One sha256 over the fingerprints of every input file."""
@@ -88,11 +84,11 @@ class Dataset:
 
     def validate(self) -> "Dataset":
         """Check the cross-file invariants; raise DataError naming the offending file."""
-        n_mod = len(self.modalities) or None
         for m, x in self.features.items():
             _check_features(x, self.n_items, MODALITY_FILES[m])
         for ratio, groups in self.masks.items():
-            check_mask(groups, self.n_items, n_mod or (3 if "a" in groups else 2), f"missing_items_{ratio}.npy")
+            mods = Modalities.resolve(self.features, groups)
+            check_mask(groups, self.n_items, mods.count, f"missing_items_{ratio}.npy")
         if self.new_items is not None:
             _check_ids(self.new_items, self.n_items, "new_items.npy", "item")
         for inter in (self.inter, self.del_inter):
@@ -306,13 +302,12 @@ def _check_id_scale(inter: Interactions) -> None:
 
 # --------------------------------------------------------------------------- folder loader
 
-def _modalities_in_mask_file(path: Path, n_items: int) -> int:
-    """Number of modalities a mask file speaks of, for folders without feature files."""
+def _mask_file_keys(path: Path, n_items: int) -> tuple[str, ...]:
+    """The group names of a mask file; none when it cannot be read (``read_mask`` then says why)."""
     try:
-        keys = set(read_mask_groups(path, n_items))
-    except DataError:  # read_mask reports it
-        return 2
-    return 3 if keys & {"a", "tv", "ta", "va"} else 2
+        return tuple(read_mask_groups(path, n_items))
+    except DataError:
+        return ()
 
 
 def dataset_files(folder: Path, name: str) -> dict[str, Path]:
@@ -362,7 +357,9 @@ def load_folder(root: str | Path, name: str, source: str = "real", kind: str | N
     masks = {}
     for role, path in files.items():
         if role.startswith("mask_"):
-            masks[role[5:]] = read_mask(path, n_items, len(features) or _modalities_in_mask_file(path, n_items))
+            # A folder without feature files has the modalities its masks speak of.
+            mods = Modalities.resolve(features, () if features else _mask_file_keys(path, n_items))
+            masks[role[5:]] = read_mask(path, n_items, mods.count)
     new_items = read_item_ids(files["new_items"], n_items) if "new_items" in files else None
     fingerprint = {p.name: sha256_file(p) for role, p in files.items() if not role.startswith("mask_")}
     fingerprint.update({f"missing_items_{ratio}": mask_digest(groups) for ratio, groups in masks.items()})

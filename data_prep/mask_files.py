@@ -29,9 +29,10 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from .errors import DataError
+from .modalities import MASK_KEYS
 
 MASK_FILE_RE = re.compile(r"^missing_items_(.+)\.(npy|npz)$")
-GROUP_ORDER = ("t", "v", "a", "tv", "ta", "va", "all")  # the order the npz writer uses
+GROUP_ORDER = MASK_KEYS[3]  # every group name, in the order the npz writer uses
 
 # Opcodes a pickled dict of numpy arrays needs: data, containers, memo, and the two that
 # apply a (stand-in) global. Everything else (INST, OBJ, NEWOBJ, PERSID, EXT*, buffers, sets...)

@@ -1,10 +1,10 @@
 """New items and missing-modality masks, generated the way the official DGMRec scripts do.
 
 The official release ships the masks and the new-item splits for the real datasets, but
-the procedures that made them (``data/preprocess_new_items.py`` and
-``data/preprocess_missing_modality.py``, spec ``dgmrec.md`` sections 1.3 and 1.4) are
-needed whenever a file is not shipped: masks at other ratios for the missing-ratio
-analysis (section 4(d)), and everything for synthetic replicas. This module reimplements
+the procedures that made them (the release's ``data/preprocess_new_items.py`` and
+``data/preprocess_missing_modality.py``) are needed whenever a file is not shipped: masks
+at other ratios for the missing-ratio analysis (the release ships only 0.666 for Amazon
+and 0.6, 0.75 for TikTok), and everything for synthetic replicas. This module reimplements
 those procedures with numpy, keeping the random streams of the official code wherever
 that is possible, so that:
 
@@ -18,14 +18,16 @@ that is possible, so that:
 Reproducibility caveat: the official scripts sort items by training count with pandas'
 default (unstable) quicksort, so the order of items with equal counts, and with it every
 drawn set, depends on the pandas/numpy build. The shipped files therefore cannot be
-regenerated bit for bit (the spec measured chance-level overlap). Here the sort is stable
-(ties in item-id order), which makes the result a deterministic function of the counts.
+regenerated bit for bit (rerunning the recipe on tiktok.inter with other sort kinds gave
+overlaps with the shipped sets at chance level). Here the sort is stable (ties in item-id
+order), which makes the result a deterministic function of the counts.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .dataset import MASK_KEYS, Interactions, check_mask
+from .dataset import Interactions, check_mask
+from .modalities import MASK_KEYS, Modalities
 
 STRATA = ("new_cold", "new_warm", "old_cold", "old_warm")
 
@@ -176,10 +178,6 @@ def draw_missing_mask(strata: dict, ratio: float, n_modalities: int, seed: int =
     return check_mask(out, n_items, n_modalities, f"missing_items_{mask_file_ratio(ratio)}.npy")
 
 
-def _mask_modalities(groups: dict) -> int:
-    return 3 if set(groups) & {"a", "tv", "ta", "va"} else 2
-
-
 def per_modality_missing(groups: dict, modalities: tuple, n_items: int) -> dict[str, np.ndarray]:
     """For each modality m, a boolean vector over items: True where m is missing.
 
@@ -200,10 +198,11 @@ def per_modality_missing(groups: dict, modalities: tuple, n_items: int) -> dict[
 def missing_level(groups: dict, n_items: int, n_modalities: int | None = None) -> np.ndarray:
     """Number of missing modalities of every item (0 complete ... n for 'all').
 
-    Used by the missing-level analysis (spec 4(c)): Amazon 0/1/2, TikTok 0/1/2/3. The
-    number of modalities is read from the keys (any audio group means 3) unless given.
+    Used by the missing-level analysis, which groups test interactions by this level of
+    their item: Amazon 0/1/2, TikTok 0/1/2/3. The number of modalities is read from the
+    keys (any audio group means 3) unless given.
     """
-    n_mod = n_modalities or _mask_modalities(groups)
+    n_mod = n_modalities or Modalities.of_mask(groups).count
     level = np.zeros(n_items, dtype=np.int8)
     for key, ids in groups.items():
         level[np.asarray(ids, dtype=np.int64)] = n_mod if key == "all" else len(key)

@@ -33,6 +33,7 @@ import numpy as np
 
 from .dataset import MODALITY_FILES, Dataset, Interactions, sha256_arrays
 from .masks import draw_missing_mask, item_strata, mask_file_ratio, new_item_split
+from .modalities import Modalities
 
 # Real shapes at scale 1 (users, items, interactions; feature dimension per modality).
 REAL_SHAPES = {
@@ -186,7 +187,7 @@ def make_replica(kind: str, scale: float = 1.0, seed: int = 2025) -> Dataset:
     """
     shape = replica_shape(kind, scale)
     n_users, n_items, dims = shape["users"], shape["items"], shape["dims"]
-    modalities = tuple(m for m in MODALITY_FILES if m in dims)
+    modalities = Modalities(dims)
     kind_id = KINDS.index(kind)
     (r_factor, r_pop, r_count, r_sample, r_split, r_feat) = (
         np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), kind_id]).spawn(6))
@@ -225,7 +226,7 @@ def make_replica(kind: str, scale: float = 1.0, seed: int = 2025) -> Dataset:
     del_inter = new_item_split(inter, new_items)
     masks = {}
     for r in MASK_RATIOS.get(kind, DEFAULT_MASK_RATIOS):
-        masks[mask_file_ratio(r)] = draw_missing_mask(strata, r, len(modalities), n_items=n_items)
+        masks[mask_file_ratio(r)] = draw_missing_mask(strata, r, modalities.count, n_items=n_items)
 
     arrays = [inter.users, inter.items, inter.labels, del_inter.users, del_inter.items, del_inter.labels, new_items]
     arrays += [features[m] for m in modalities]

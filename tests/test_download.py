@@ -1,5 +1,6 @@
-"""Tests of data_prep.download and the ``python -m data_prep`` CLI. No network: the fetch
-functions and the connectivity probe are replaced, or talk to a server on 127.0.0.1."""
+"""Tests of getting dataset folders (data_prep.download, .importing, .provenance, .manifest) and the
+``python -m data_prep`` CLI. No network: the fetch functions and the connectivity probe are replaced,
+or talk to a server on 127.0.0.1."""
 from __future__ import annotations
 
 import http.server
@@ -12,9 +13,15 @@ import numpy as np
 import pytest
 
 from data_prep import download as dl
+from data_prep import manifest as manifest_module
+from data_prep import network
 from data_prep.__main__ import main
 from data_prep.dataset import load_folder, mask_digest, sha256_file
-from data_prep.errors import DataError
+from data_prep.errors import (ChecksumError, DataError, DownloadError, OfflineError, UnavailableError,
+                              UnknownDatasetError, UnverifiedError)
+from data_prep.importing import import_dir
+from data_prep.manifest import load_manifest
+from data_prep.provenance import file_hashes, read_checksums, read_source, verify
 from data_prep.shared import reference_root, release_root
 
 RELEASE = release_root()
@@ -130,7 +137,7 @@ def _toy_fetchers(monkeypatch, src: Path, calls: list):
 
 @needs_shared
 def test_manifest_matches_the_release_copies():
-    m = dl.load_manifest()
+    m = load_manifest()
     assert set(m.datasets) == {"baby", "sports", "clothing", "elec", "tiktok"}
     for ds in m.datasets.values():
         shipped = {p.name for p in (RELEASE / ds.name).iterdir()}
@@ -138,7 +145,7 @@ def test_manifest_matches_the_release_copies():
         assert shipped == with_hash, ds.name
         for name in shipped:
             fe = ds.files[name]
-            sha, blob = dl.file_hashes(RELEASE / ds.name / name, git_blob=True)
+            sha, blob = file_hashes(RELEASE / ds.name / name, git_blob=True)
             assert (sha, blob, (RELEASE / ds.name / name).stat().st_size) == (fe.sha256, fe.git_blob_sha1, fe.size)
             if name.startswith("missing_items_"):  # the content hash, from the trusted release file
                 trusted = np.load(RELEASE / ds.name / name, allow_pickle=True).item()
@@ -159,7 +166,7 @@ def test_manifest_matches_the_release_copies():
 # --------------------------------------------------------------------------- download
 
 def test_unknown_name_lists_known_names(tmp_path, capsys):
-    with pytest.raises(dl.UnknownDatasetError, match="known datasets: baby, sports, clothing, elec, tiktok"):
+    with pytest.raises(UnknownDatasetError, match="known datasets: baby, sports, clothing, elec, tiktok"):
         dl.download("nope", tmp_path / "data")
     assert not (tmp_path / "data").exists()
     assert main(["download", "nope", "--data-root", str(tmp_path / "data")]) == 2
@@ -172,11 +179,11 @@ def test_offline_lists_files_and_folder_and_fails_fast(tmp_path, monkeypatch, ca
     probed = []
     monkeypatch.setattr(dl, "probe", lambda hosts, timeout=3.0: probed.append((list(hosts), timeout)) or set())
     root = tmp_path / "data"
-    with pytest.raises(dl.OfflineError) as info:
+    with pytest.raises(OfflineError) as info:
         dl.download("baby", root)
     # fails fast: one bounded connectivity probe of the sources' hosts, then no download attempt at all
     assert len(probed) == 1 and ("raw.githubusercontent.com", 443) in probed[0][0]
-    assert probed[0][1] == dl.PROBE_TIMEOUT
+    assert probed[0][1] == network.PROBE_TIMEOUT
     msg = str(info.value)
     assert "offline" in msg.splitlines()[0]
     for name in ("baby.inter", "baby_del.inter", "missing_items_0.666.npy", "image_feat.npy", "text_feat.npy"):
@@ -198,22 +205,22 @@ def test_good_download_lands_verifies_and_is_skipped_next_time(tmp_path, monkeyp
     calls = []
     monkeypatch.setattr(dl, "fetch_url", _release_fetcher(calls))
     root = tmp_path / "data"
-    with pytest.raises(dl.UnavailableError, match="no public source") as info:
+    with pytest.raises(UnavailableError, match="no public source") as info:
         dl.download("tiktok", root, log=None)  # the features are not public
     assert str(root / "tiktok" / "image_feat.npy") in str(info.value)
     folder = root / "tiktok"
     assert sorted(calls) == sorted(TIKTOK_SMALL)
     assert sorted(p.name for p in folder.iterdir()) == sorted([*TIKTOK_SMALL, "CHECKSUMS.sha256", "SOURCE"])
-    records = dl.read_checksums(folder)
+    records = read_checksums(folder)
     for name in TIKTOK_SMALL:
         assert records[name] == sha256_file(RELEASE / "tiktok" / name) == sha256_file(folder / name)
-    assert dl.read_source(folder)["kind"] == "real"
-    status = {c.name: c.status for c in dl.verify("tiktok", root)}
+    assert read_source(folder)["kind"] == "real"
+    status = {c.name: c.status for c in verify("tiktok", root)}
     assert status == {**{n: "ok" for n in TIKTOK_SMALL}, **{n: "missing" for n in
                                                             ("image_feat.npy", "text_feat.npy", "audio_feat.npy")}}
     # A second run fetches nothing: the files are present with the right checksum.
     calls.clear()
-    with pytest.raises(dl.UnavailableError):
+    with pytest.raises(UnavailableError):
         dl.download("tiktok", root, log=None)
     assert calls == []
 
@@ -233,10 +240,10 @@ def test_bad_download_is_refused_and_leaves_nothing(tmp_path, monkeypatch, damag
     calls = []
     monkeypatch.setattr(dl, "fetch_url", _release_fetcher(calls, mutate))
     root = tmp_path / "data"
-    with pytest.raises(dl.ChecksumError) as info:
+    with pytest.raises(ChecksumError) as info:
         dl.download("tiktok", root, log=None)
     msg = str(info.value)
-    expected = dl.load_manifest().datasets["tiktok"].files["tiktok_del.inter"].sha256
+    expected = load_manifest().datasets["tiktok"].files["tiktok_del.inter"].sha256
     assert str(root / "tiktok" / "tiktok_del.inter") in msg and expected in msg
     assert info.value.actual and info.value.actual != expected and info.value.actual in msg
     if damage == "truncated":
@@ -253,12 +260,12 @@ def test_bad_download_is_refused_and_leaves_nothing(tmp_path, monkeypatch, damag
 
 def test_unverified_files_need_allow_unverified(tmp_path, monkeypatch):
     manifest, src = _toy_manifest(tmp_path)
-    monkeypatch.setattr(dl, "MANIFEST_PATH", manifest)
+    monkeypatch.setattr(manifest_module, "MANIFEST_PATH", manifest)
     _no_network(monkeypatch)
     calls = []
     _toy_fetchers(monkeypatch, src, calls)
     root = tmp_path / "data"
-    with pytest.raises(dl.UnverifiedError, match="--allow-unverified") as info:
+    with pytest.raises(UnverifiedError, match="--allow-unverified") as info:
         dl.download("toy", root, log=None)
     assert str(root / "toy" / "image_feat.npy") in str(info.value)
     assert calls == ["toy.inter", "missing_items_0.5.npy"]  # the unverifiable files were not even fetched
@@ -268,13 +275,13 @@ def test_unverified_files_need_allow_unverified(tmp_path, monkeypatch):
     ds = dl.download("toy", root, allow_unverified=True, log=lines.append)
     assert (ds.n_users, ds.n_items, ds.modalities) == (3, 4, ("v", "t"))
     assert calls[2:] == ["image_feat.npy", "text_feat.npy"]
-    records = dl.read_checksums(root / "toy")
+    records = read_checksums(root / "toy")
     sha = sha256_file(src / "image_feat.npy")
     assert records["image_feat.npy"] == sha
     assert any("UNVERIFIED" in line and sha in line for line in lines)  # the computed hash is printed
-    source = dl.read_source(root / "toy")
+    source = read_source(root / "toy")
     assert source["kind"] == "real" and source["unverified"] == ["image_feat.npy", "text_feat.npy"]
-    assert {c.name: c.status for c in dl.verify("toy", root)} == {
+    assert {c.name: c.status for c in verify("toy", root)} == {
         "toy.inter": "ok", "missing_items_0.5.npy": "ok", "image_feat.npy": "ok-local", "text_feat.npy": "ok-local"}
     assert _leftovers(root / "toy") == []
 
@@ -309,26 +316,26 @@ def test_pooch_path_against_a_local_server(tmp_path, monkeypatch, case):
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         manifest, src = _toy_manifest(tmp_path, url=f"http://127.0.0.1:{port}/{{dataset}}/{{file}}")
-        monkeypatch.setattr(dl, "MANIFEST_PATH", manifest)
+        monkeypatch.setattr(manifest_module, "MANIFEST_PATH", manifest)
         monkeypatch.setattr(_Handler, "truncate", {"missing_items_0.5.npy"} if case == "truncated" else set())
         if case == "corrupt":
             data = bytearray((src / "missing_items_0.5.npy").read_bytes())
             data[-1] ^= 1
             (src / "missing_items_0.5.npy").write_bytes(bytes(data))
         root = tmp_path / "data"
-        with pytest.raises(dl.DownloadError if case == "truncated" else (dl.UnverifiedError, dl.ChecksumError)) as info:
+        with pytest.raises(DownloadError if case == "truncated" else (UnverifiedError, ChecksumError)) as info:
             dl.download("toy", root, log=None)  # real probe and real pooch, on 127.0.0.1
         folder = root / "toy"
         assert _leftovers(folder) == []
         assert sha256_file(folder / "toy.inter") == sha256_file(src / "toy.inter")
         if case == "good":
-            assert isinstance(info.value, dl.UnverifiedError)  # the toy features have no hash
+            assert isinstance(info.value, UnverifiedError)  # the toy features have no hash
             assert (folder / "missing_items_0.5.npy").is_file()
         else:
             assert not (folder / "missing_items_0.5.npy").exists()
             assert str(folder / "missing_items_0.5.npy") in str(info.value)
         if case == "corrupt":
-            assert isinstance(info.value, dl.ChecksumError) and info.value.actual == sha256_file(
+            assert isinstance(info.value, ChecksumError) and info.value.actual == sha256_file(
                 src / "missing_items_0.5.npy")
     finally:
         server.shutdown()
@@ -353,7 +360,7 @@ def test_probe_finds_the_listening_port_with_bounded_attempts(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", recorded)
     try:
-        assert dl.probe([("127.0.0.1", open_port), ("127.0.0.1", closed_port)], timeout=1.0) == {
+        assert network.probe([("127.0.0.1", open_port), ("127.0.0.1", closed_port)], timeout=1.0) == {
             ("127.0.0.1", open_port)}
     finally:
         srv.close()
@@ -367,15 +374,15 @@ def test_probe_finds_the_listening_port_with_bounded_attempts(monkeypatch):
 def test_import_reference_tiktok_by_link(tmp_path, monkeypatch):
     _no_network(monkeypatch)
     root = tmp_path / "data"
-    assert dl.import_dir(REFERENCE, root, names=["tiktok"], link=True, log=None) == ["tiktok"]
+    assert import_dir(REFERENCE, root, names=["tiktok"], link=True, log=None) == ["tiktok"]
     folder = root / "tiktok"
     assert (folder / "image_feat.npy").is_symlink()
     ds = load_folder(root, "tiktok", source="reference")
     assert ds.modalities == ("v", "t", "a") and (ds.n_users, ds.n_items) == (9308, 6710)
-    source = dl.read_source(folder)
+    source = read_source(folder)
     assert source["kind"] == "reference" and Path(source["origin"]).resolve() == (REFERENCE / "tiktok").resolve()
     assert set(source["verified"]) == set(TIKTOK_IMPORTED)
-    assert set(dl.read_checksums(folder)) == {p.name.replace(".npy", ".npz") if p.name.startswith("missing_items_")
+    assert set(read_checksums(folder)) == {p.name.replace(".npy", ".npz") if p.name.startswith("missing_items_")
                                               else p.name for p in (REFERENCE / "tiktok").iterdir()}
     # the masks are written, not linked, as plain arrays: no pickle in the imported folder
     assert not list(folder.glob("missing_items_*.npy"))
@@ -387,18 +394,18 @@ def test_import_reference_tiktok_by_link(tmp_path, monkeypatch):
             assert sorted(z.files) == sorted(trusted)
             for key, ids in trusted.items():
                 assert z[key].dtype == ids.dtype and z[key].tobytes() == ids.tobytes()
-    checks = {c.name: c for c in dl.verify("tiktok", root)}
+    checks = {c.name: c for c in verify("tiktok", root)}
     assert {c.status for c in checks.values()} == {"ok", "ok-local"}
     assert checks["missing_items_0.6.npz"].status == "ok" and "missing_items_0.6.npy" not in checks
     # Downloading into a reference folder would mix real and surrogate files: refused.
-    with pytest.raises(dl.DownloadError, match="reference"):
+    with pytest.raises(DownloadError, match="reference"):
         dl.download("tiktok", root, log=None)
 
 
 @needs_shared
 def test_import_copies_one_dataset_folder(tmp_path):
     root = tmp_path / "data"
-    assert dl.import_dir(REFERENCE / "tiktok", root, log=None) == ["tiktok"]  # a dataset folder itself
+    assert import_dir(REFERENCE / "tiktok", root, log=None) == ["tiktok"]  # a dataset folder itself
     folder = root / "tiktok"
     assert not any(p.is_symlink() for p in folder.iterdir())
     assert _leftovers(folder) == []
@@ -407,10 +414,10 @@ def test_import_copies_one_dataset_folder(tmp_path):
     assert imported.fingerprint == original.fingerprint
     for ratio, groups in original.masks.items():
         assert all(np.array_equal(imported.masks[ratio][k], ids) for k, ids in groups.items())
-    assert dl.read_source(folder)["kind"] == "reference"
+    assert read_source(folder)["kind"] == "reference"
     # the same data written twice gives the same bytes
     again = tmp_path / "again"
-    dl.import_dir(REFERENCE / "tiktok", again, log=None)
+    import_dir(REFERENCE / "tiktok", again, log=None)
     assert sha256_file(again / "tiktok/missing_items_0.6.npz") == sha256_file(folder / "missing_items_0.6.npz")
 
 
@@ -420,7 +427,7 @@ def test_import_real_release_files_is_labelled_real(tmp_path, capsys):
     _copy_small_tiktok(src)
     root = tmp_path / "data"
     assert main(["import", str(src), "--data-root", str(root)]) == 0
-    assert dl.read_source(root / "tiktok")["kind"] == "real"
+    assert read_source(root / "tiktok")["kind"] == "real"
     assert "imported: tiktok" in capsys.readouterr().out
 
 
@@ -433,14 +440,14 @@ def test_plain_masks_after_import_are_kept_by_download_and_replace_old_pickles(t
     folder.mkdir(parents=True)
     for name in TIKTOK_SMALL:  # an import made before masks were converted: pickles in place
         shutil.copyfile(RELEASE / "tiktok" / name, folder / name)
-    dl.import_dir(src, root, log=None)
+    import_dir(src, root, log=None)
     assert sorted(p.name for p in folder.iterdir()) == sorted([*TIKTOK_IMPORTED, "CHECKSUMS.sha256", "SOURCE"])
-    assert dl.read_source(folder)["kind"] == "real"
+    assert read_source(folder)["kind"] == "real"
     # download finds the masks verified by content and fetches nothing
     _no_network(monkeypatch)
     calls = []
     monkeypatch.setattr(dl, "fetch_url", _release_fetcher(calls))
-    with pytest.raises(dl.UnavailableError):
+    with pytest.raises(UnavailableError):
         dl.download("tiktok", root, log=None)
     assert calls == [] and not list(folder.glob("*.npy"))
     # a plain mask whose content is not the release's is replaced by a fresh download of the release file
@@ -449,12 +456,12 @@ def test_plain_masks_after_import_are_kept_by_download_and_replace_old_pickles(t
     groups["t"], groups["v"] = groups["v"], groups["t"]
     with open(folder / "missing_items_0.6.npz", "wb") as f:
         write_mask_npz(f, groups)
-    assert {c.name: c.status for c in dl.verify("tiktok", root)}["missing_items_0.6.npz"] == "mismatch"
-    with pytest.raises(dl.UnavailableError):
+    assert {c.name: c.status for c in verify("tiktok", root)}["missing_items_0.6.npz"] == "mismatch"
+    with pytest.raises(UnavailableError):
         dl.download("tiktok", root, log=None)
     assert calls == ["missing_items_0.6.npy"]
     assert sorted(p.name for p in folder.glob("missing_items_*")) == ["missing_items_0.6.npy", "missing_items_0.75.npz"]
-    assert {c.name: c.status for c in dl.verify("tiktok", root)} == {
+    assert {c.name: c.status for c in verify("tiktok", root)} == {
         **{n: "ok" for n in ("tiktok.inter", "tiktok_del.inter", "missing_items_0.6.npy", "missing_items_0.75.npz")},
         **{n: "missing" for n in ("image_feat.npy", "text_feat.npy", "audio_feat.npy")}}
 
@@ -466,10 +473,10 @@ def test_import_refuses_altered_release_file(tmp_path, capsys):
     _flip_label(folder / "tiktok_del.inter")
     load_folder(src, "tiktok")  # still a valid file: only the hash can tell
     root = tmp_path / "data"
-    with pytest.raises(dl.ChecksumError) as info:
-        dl.import_dir(src, root, log=None)
+    with pytest.raises(ChecksumError) as info:
+        import_dir(src, root, log=None)
     assert str(folder / "tiktok_del.inter") in str(info.value)
-    assert info.value.expected == dl.load_manifest().datasets["tiktok"].files["tiktok_del.inter"].sha256
+    assert info.value.expected == load_manifest().datasets["tiktok"].files["tiktok_del.inter"].sha256
     assert not (root / "tiktok").exists()  # nothing was imported, not even the good files
     assert main(["import", str(src), "--data-root", str(root)]) == 2
     err = capsys.readouterr().err
@@ -482,15 +489,15 @@ def test_import_refuses_invalid_folder_and_mixing(tmp_path):
     folder = _copy_small_tiktok(src)
     (folder / "tiktok.inter").write_text("userID\titemID\n0\t1\n")
     with pytest.raises(DataError, match="x_label"):
-        dl.import_dir(src, tmp_path / "data", log=None)
+        import_dir(src, tmp_path / "data", log=None)
     shutil.copyfile(RELEASE / "tiktok" / "tiktok.inter", folder / "tiktok.inter")
     dest = tmp_path / "data" / "tiktok"
     dest.mkdir(parents=True)
     np.save(dest / "image_feat.npy", np.zeros((6710, 2), np.float32))  # would stay beside the imported files
     with pytest.raises(DataError, match="image_feat.npy"):
-        dl.import_dir(src, tmp_path / "data", log=None)
+        import_dir(src, tmp_path / "data", log=None)
     with pytest.raises(DataError, match="no dataset folder sports"):
-        dl.import_dir(src, tmp_path / "data", names=["sports"], log=None)
+        import_dir(src, tmp_path / "data", names=["sports"], log=None)
 
 
 @needs_shared
@@ -498,10 +505,10 @@ def test_verify_reports_mismatch(tmp_path, capsys):
     src = tmp_path / "src"
     _copy_small_tiktok(src)
     root = tmp_path / "data"
-    dl.import_dir(src, root, log=None)
+    import_dir(src, root, log=None)
     assert main(["verify", "tiktok", "--data-root", str(root)]) == 0
     _flip_label(root / "tiktok" / "tiktok_del.inter")
-    checks = {c.name: c for c in dl.verify("tiktok", root)}
+    checks = {c.name: c for c in verify("tiktok", root)}
     assert checks["tiktok_del.inter"].status == "mismatch"
     assert checks["tiktok.inter"].status == "ok" and checks["image_feat.npy"].status == "missing"
     capsys.readouterr()
@@ -518,7 +525,7 @@ def test_drive_fetch_finds_the_file_in_the_folder_listing(tmp_path, monkeypatch)
     from gdown.download import GoogleDriveFileToDownload as Entry
 
     manifest, src = _toy_manifest(tmp_path)
-    monkeypatch.setattr(dl, "MANIFEST_PATH", manifest)
+    monkeypatch.setattr(manifest_module, "MANIFEST_PATH", manifest)
     monkeypatch.setattr(dl, "probe", lambda hosts, timeout=3.0: set(hosts))
     monkeypatch.setattr(dl, "fetch_url", lambda url, dest, known_sha256=None, timeout=60.0:
                         shutil.copyfile(src / url.rsplit("/", 1)[-1], dest))
@@ -537,18 +544,18 @@ def test_drive_fetch_finds_the_file_in_the_folder_listing(tmp_path, monkeypatch)
 
     monkeypatch.setattr(gdown, "download_folder", fake_folder)
     monkeypatch.setattr(gdown, "download", fake_download)
-    dl._drive_listing.cache_clear()
+    network._drive_listing.cache_clear()
     try:
         ds = dl.download("toy", tmp_path / "data", allow_unverified=True, log=None)
         assert got == ["ID-IMG", "ID-TXT"] and ds.modalities == ("v", "t")
 
         # A folder that does not hold the file: a clear error naming it, nothing left behind.
-        dl._drive_listing.cache_clear()
+        network._drive_listing.cache_clear()
         listing[:] = [Entry(id="ID-ZIP", path="toy.zip", local_path="")]
         (tmp_path / "data" / "toy" / "text_feat.npy").unlink()
-        with pytest.raises(dl.DownloadError, match="has no toy/text_feat.npy") as info:
+        with pytest.raises(DownloadError, match="has no toy/text_feat.npy") as info:
             dl.download("toy", tmp_path / "data", allow_unverified=True, log=None)
         assert str(tmp_path / "data" / "toy" / "text_feat.npy") in str(info.value)
         assert _leftovers(tmp_path / "data" / "toy") == []
     finally:
-        dl._drive_listing.cache_clear()
+        network._drive_listing.cache_clear()

@@ -25,9 +25,13 @@ from benchmarks.run.config import ConfigError, parse_sets
 from benchmarks.run.ray_backend import RayBackend
 from benchmarks.run.store import ResultStore
 from data_prep import download as dl
+from data_prep import manifest as manifest_module
 from data_prep.dataset import load_folder, read_mask
-from data_prep.errors import DataError
+from data_prep.errors import DataError, DownloadError
+from data_prep.importing import import_dir
+from data_prep.manifest import load_manifest
 from data_prep.mask_files import read_mask_groups, write_mask_npz
+from data_prep.provenance import read_source
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [(0, 0, 0), (0, 1, 0), (0, 2, 1), (0, 3, 2), (1, 1, 0), (1, 2, 0), (1, 0, 1), (1, 3, 2), (2, 3, 0), (2, 0, 1),
@@ -127,7 +131,7 @@ def test_import_refuses_a_hostile_mask_and_writes_nothing(tmp_path, sentinel):
     d = toy_folder(tmp_path / "src")
     (d / MASK).write_bytes(as_npy(mask_pickles(sentinel)["nested:class"]))
     with pytest.raises(DataError, match="logging.FileHandler"):
-        dl.import_dir(tmp_path / "src", tmp_path / "data", log=None)
+        import_dir(tmp_path / "src", tmp_path / "data", log=None)
     assert not (tmp_path / "data").exists()
 
 
@@ -138,11 +142,11 @@ def test_unverified_download_of_a_hostile_mask_is_refused(tmp_path, sentinel, mo
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text("sources:\n  web: {kind: url, title: web, url: 'https://example.org/{dataset}/{file}', page: p}\n"
                         f"datasets:\n  toy:\n    title: toy\n    files:\n      {MASK}: {{source: web, sha256: null}}\n")
-    monkeypatch.setattr(dl, "MANIFEST_PATH", manifest)
+    monkeypatch.setattr(manifest_module, "MANIFEST_PATH", manifest)
     monkeypatch.setattr(dl, "probe", lambda hosts, timeout=3.0: set(hosts))
     monkeypatch.setattr(dl, "fetch_url", lambda url, dest, known_sha256=None, timeout=60.0:
                         shutil.copyfile(served / url.rsplit("/", 1)[-1], dest))
-    with pytest.raises(dl.DownloadError, match="not valid") as exc:
+    with pytest.raises(DownloadError, match="not valid") as exc:
         dl.download("toy", tmp_path / "data", allow_unverified=True, log=None)
     assert str(tmp_path / "data" / "toy" / MASK) in str(exc.value) and "subprocess.call" in str(exc.value)
     assert not (tmp_path / "data" / "toy" / MASK).exists()
@@ -286,9 +290,9 @@ def test_yaml_payloads_are_refused(tmp_path, sentinel, monkeypatch):
         parse_sets([f"epochs={_yaml_payload(sentinel)}"])
     d = toy_folder(tmp_path / "data")
     (d / "SOURCE").write_text(f"kind: {_yaml_payload(sentinel)}\n")
-    assert dl.read_source(d) == {}  # an unreadable SOURCE gives no label
+    assert read_source(d) == {}  # an unreadable SOURCE gives no label
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text(f"sources: {_yaml_payload(sentinel)}\ndatasets: {{}}\n")
     with pytest.raises(DataError, match="cannot read the manifest") as exc:
-        dl.load_manifest(manifest)
+        load_manifest(manifest)
     assert str(manifest) in str(exc.value)

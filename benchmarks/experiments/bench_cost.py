@@ -6,26 +6,14 @@
     python -m benchmarks.experiments.bench_cost --datasets synthetic:elec --epochs 1 --models LATTICE --max-batches 200
     python -m benchmarks.experiments.bench_cost --device cuda --datasets tiktok,baby --official-src PATH/src --epochs 3
 
-Each (model, dataset) is one job of the ordinary runner (same code path as a real run: same
-protocol, graphs, training loop and evaluator), with a short schedule (``--epochs``, an
-evaluation after every epoch, no early stopping), run in its own worker process so that the
-peak resident memory is the job's own. Jobs are kept in ``<out>/results.jsonl``: an interrupted
-benchmark resumes. The table puts our figures next to the official implementation's
-(``tiktok-official-results.json``, measured on a 2-core CPU with the same schedule) with the
-ratio, and is written to ``<out>/cost_benchmark.md``. Training seconds per epoch are medians over
-the epochs. With ``--max-batches N`` each epoch stops after N batches and the figure is projected
-to a whole epoch (marked in the table); use it only where a whole epoch would take hours (LATTICE
-trains with batches of 128 and Adam over the raw feature tables: ~10 500 steps per Electronics
-epoch).
-
-With ``--official-src`` the official implementation itself runs, on the same device, for the same
-models on the reference TikTok and Baby folders, with our (first grid) setting pinned in its
-configuration and the same epochs (``official_runs.official_override``), each in its own process
-whose peak memory a small launcher reads at exit (CUDA's ``max_memory_allocated`` on a GPU); the
-table then holds both sides' seconds per epoch (medians over the epochs), validation seconds
-and peak memory with their ratios. Official runs are kept in ``<out>/official_runs.jsonl``. On
-CUDA our jobs run in the benchmark's process, each with CUDA's peak counter reset (a fresh
-process per job would start CUDA each time and measure nothing more).
+Each (model, dataset) is one job of the ordinary runner with a short schedule (``--epochs``, an
+evaluation after every epoch, no early stopping), in its own worker process on the CPU. Jobs
+are kept in ``<out>/results.jsonl``, so an interrupted benchmark resumes; the table, our figures
+beside the official implementation's with the ratios, goes to ``<out>/cost_benchmark.md``.
+``--max-batches N`` stops each epoch after N batches and projects the epoch's seconds (marked in
+the table). ``--official-src`` also runs the official implementation on the same device, data,
+setting and epochs (official runs kept in ``<out>/official_runs.jsonl``). How each figure is
+measured, and the current tables: docs/cost.md.
 """
 from __future__ import annotations
 

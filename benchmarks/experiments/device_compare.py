@@ -1,29 +1,14 @@
 """The same numbers on an accelerator as on the CPU, for the same weights and batch.
 
 ``compare_devices(model, dataset, protocol, device)`` builds the model twice from one seed, on
-the CPU and on ``device`` (the task and its graphs built on each), runs the epoch hook and one
-BPR batch through both (loss and gradients), then scores every user on both (full ranking,
-training items excluded) and compares:
-
-* the loss and, per parameter, the largest gradient difference, against a tolerance of its own;
-* the top-20 items of every user, ties aside: an item in one list and not the other must score,
-  on the CPU, within the score tolerance of the CPU's 20th score.
-
-Tolerances are set per model (per parameter for gradients) from the CPU's own sensitivity, as
-``side_by_side`` does: the CPU model is run again on weights scaled by 1 + 1e-7·N(0,1) (the size
-of float32 rounding), and a device may differ by at most ``FACTOR`` times that change (never
-less than ``FLOOR`` relative): a model that amplifies rounding (CI2MG's Sinkhorn, LATTICE's
-top-k over tied imputed rows) gets a wide tolerance, a plain one a tight one.
-
-Randomness is aligned by ``RandomOnHost``: while it is active every random draw meant for an
-accelerator (``torch.rand(..., device=...)``, ``rand_like``, dropout, Gumbel noise, in-place
-``uniform_`` ...) is drawn by the CPU generator and copied there, so both sides draw the same
-numbers from the same seed and any difference is the device's arithmetic.
-
-On a CPU-only machine the logic is exercised CPU against CPU: identical (difference 0), with
-``RoundingNoise`` on one side (every floating result of every op moved by up to 2^-24 relative,
-a stand-in for another device's rounding: within tolerance), and against a deliberately altered
-model (outside it).
+the CPU and on ``device``, runs the epoch hook and one BPR batch through both (loss and
+gradients), scores every user on both, and reports whether the loss, every parameter's gradient
+and every user's top-20 (ties aside) agree within tolerances derived from the CPU model's own
+sensitivity to a 1e-7 relative weight perturbation (``FACTOR`` times it, never below
+``FLOOR``). ``RandomOnHost`` draws every random number meant for the device on the CPU and copies
+it there, so both sides use the same numbers; ``RoundingNoise`` perturbs every floating result
+by up to 2^-24 relative, a stand-in for another device's rounding when only a CPU is at hand.
+``gpu_check`` runs it for every model; the method is explained in docs/fidelity.md.
 """
 from __future__ import annotations
 

@@ -4,23 +4,14 @@
     python -m benchmarks.experiments.fidelity --models DGMRec,BM3 --seeds 999,42,2023,2024,2025
     python -m benchmarks.experiments.fidelity --report-only         # tabulate what the store already holds
 
-Runs (or resumes) the ``missing`` protocol on the reference TikTok dataset
-(``../shared/data/reference``) with the official schedule (15 epochs, evaluation after every
-epoch), one job per model and seed, through the ordinary runner, and puts the mean test
-Recall@20 / NDCG@20 over seeds next to the official figures of
-``tiktok-official-results.json``.
-
-Most official figures are a single seed, and one run of a recommender on TikTok moves by 5-15%
-with the seed, so the ratio alone cannot tell a defect from noise. Each row therefore also gives
-``z``: the gap divided by its standard error, ``sqrt(s²/n_ours + s²/n_official)``, where ``s``
-is the seed standard deviation (pooled over our and the official seeds when the official file
-has more than one). The verdict is ``ok`` when the ratio lies within 5%, ``noise`` when it does
-not but |z| < 2 (the gap is within two standard errors of the seed spread), and ``GAP``
-otherwise. The epoch-0 training loss of seed 999 is compared as well: equal first-epoch losses
-mean equal initialisation, losses and batches; where later curves part ways is training
-dynamics, not set-up; the largest relative loss difference over the epochs and our test
-Recall@20 at the official's best epoch (seed 999 both) show whether a gap comes from the
-dynamics or from which epoch validation picked. The table is written to ``<out>/fidelity.md``.
+Runs (or resumes) the ``missing`` protocol on the reference TikTok data with the official
+schedule (15 epochs, an evaluation after every epoch), one job per model and seed through the
+ordinary runner, and writes ``<out>/fidelity.md``: per model our mean test Recall@20 / NDCG@20
+over seeds beside the official mean (``tiktok-official-results.json`` pooled with the extra
+official seeds of ``official_runs``), the ratio, ``z`` (the gap over its standard error from the
+seed spread) and a verdict (``ok`` within 5%, ``noise`` within two standard errors, else
+``GAP``), and the seed-999 epoch-0 losses of both sides. docs/fidelity.md explains the columns
+and holds the current table.
 """
 from __future__ import annotations
 

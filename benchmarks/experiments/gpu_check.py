@@ -3,33 +3,17 @@
     python -m benchmarks.experiments.gpu_check --device cuda --official-src /path/to/DGMRec/src   # on the GPU
     python -m benchmarks.experiments.gpu_check --device cpu --smoke                               # rehearsal
 
-Phases, each with a time budget (``--budget`` seconds in all, shared out by ``PHASES``; what a
-phase leaves unused goes to the next), results in one folder (``--out``, default ``results/gpu``):
-
-1. ``correctness`` — for every model on 2- and 3-modality replicas under ``missing`` and
-   ``new_items``: loss, gradients and top-20 on the device against the CPU
-   (``device_compare``), the poisoned-feature check on the device (``leakage``), kNN graphs built
-   on the device against the CPU's, host reads per training batch (``host_sync``) and a
-   ``torch.profiler`` summary of three training batches per model. ``correctness.md/json``,
-   ``profile/<model>.txt``.
-2. ``throughput`` — the same small-model jobs with K = 1, 2, 4 jobs per GPU (``--jobs-per-gpu``
-   of the runner): wall time and the speed-up over K = 1. ``throughput.md/json``.
-3. ``speed`` — ``bench_cost`` on the reference TikTok and Baby data, ours and (``--official-src``)
-   the official implementation on the same device: s/epoch, validation seconds, peak GPU memory
-   and their ratios. ``speed.md``.
-4. ``catalogue`` — one whole epoch and one full evaluation of every model on the full-scale
-   Electronics and Clothing replicas, each job in its own process (killed when the phase's
-   time is up, and then said so): s/epoch, evaluation seconds, CUDA's peak allocated memory, or
-   the up-front refusal with what the model would need. The replicas are generated in a
-   background process from the start of the call (Electronics takes minutes on a CPU).
-   ``catalogue.md``.
-5. ``estimate`` — ``grid_estimate`` from the measured figures: the paper's whole grid on one
-   GPU. ``grid_estimate.md``.
-
-The tables go to ``--out`` (to be committed); stores, caches and replicas to ``<out>/work`` (not
-committed), so a second call continues where a first one ran out of time; ``summary.md`` gathers
-the tables. ``--smoke`` runs each phase on tiny
-replicas with a few models and one epoch, so that the whole script can be tried on a CPU.
+Five phases share a time budget (``--budget`` seconds, split by ``PHASES``; what a phase leaves
+unused goes to the next): ``correctness`` (every model on the device against the CPU with
+``device_compare``, the poisoned-input check of ``leakage``, kNN graphs, host reads of
+``host_sync``, a profile of three training batches), ``throughput`` (K = 1, 2, 4 jobs per GPU),
+``speed`` (``bench_cost`` beside the official implementation), ``catalogue`` (one epoch and one
+evaluation of every model on the full-scale Electronics and Clothing replicas, each job in its
+own process) and ``estimate`` (``grid_estimate``). The tables go to ``--out`` (default
+``results/gpu``), stores, caches and replicas to ``--work``, so a second call continues where a
+first ran out of time; ``summary.md`` gathers the tables. ``--smoke`` runs every phase on tiny
+replicas with four models and one epoch, so the script can be tried on a CPU. The phases'
+outputs are listed in the README (*On a GPU*).
 """
 from __future__ import annotations
 

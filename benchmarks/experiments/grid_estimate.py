@@ -1,25 +1,17 @@
 """Wall time of the paper's whole grid on one GPU, from measured seconds per epoch.
 
-    python -m benchmarks.experiments.grid_estimate --stores results/gpu/speed,results/gpu/catalogue \
+    python -m benchmarks.experiments.grid_estimate --stores results/gpu/speed,results/gpu/catalogue \\
         --throughput results/gpu/throughput.json --out results/gpu/grid_estimate.md
 
-The grid: every registered model x baby, sports, clothing, tiktok x 5 seeds x the ``missing`` and
-``new_items`` protocols, every setting of each model's grid (the suite's resolved configuration
-at full schedule). One job's time is
-
-    E x (seconds per epoch) + (E / eval_step) x (validation + test seconds) + setup seconds,
-    E = min(epochs, B + (stopping_step + 1) x eval_step),
-
-the epochs an early-stopped run trains when its best validation epoch is B: after the best, the
-run stops once more than ``stopping_step`` evaluations have not improved. B comes from recorded
-runs (``--from-store``: the median ``best_epoch`` of finished full-schedule runs of that model and
-dataset) or else from the stated assumption ``--best-epoch`` (default 100). The upper bound (no
-early stop: every run trains all ``epochs``) is printed beside it. Seconds per epoch and per
-evaluation come from GPU records of the same model and dataset (``--stores``: cost-benchmark and
-catalogue-scale stores); a dataset without a record is scaled from the measured dataset of the
-same modality count nearest in interactions, in proportion to interactions (said per row). The
-sum over jobs is divided by the measured concurrency speed-up of K jobs per GPU (``--throughput``:
-wall time of one job set at K = 1 over that at K), for each K measured.
+The grid is every registered model x baby, sports, clothing, tiktok x 5 seeds x the ``missing``
+and ``new_items`` protocols, every setting of each model's grid. A job trains
+``E = min(epochs, B + (stopping_step + 1) x eval_step)`` epochs, B its best validation epoch
+(the median ``best_epoch`` of the runs in ``--from-store``, else ``--best-epoch``), and costs
+``E x (s/epoch) + (E / eval_step) x (validation + test seconds) + setup``, with the seconds from
+the GPU records in ``--stores`` (a dataset without a record scaled from the nearest measured one
+by interactions). The sum is divided by the measured speed-up of K jobs per GPU
+(``--throughput``) and printed beside the no-early-stop bound. docs/cost.md says where each
+number comes from.
 """
 from __future__ import annotations
 

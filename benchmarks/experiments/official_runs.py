@@ -3,22 +3,15 @@
     python -m benchmarks.experiments.official_runs --official-src /path/to/DGMRec/src \\
         --models BM3,SimGCL --seeds 42,2023 --out benchmarks/experiments/reference/tiktok-official-extra-seeds.json
 
-The official results file (``tiktok-official-results.json``) holds one seed for most models, and a
-single run on TikTok moves by 5-30% with the seed, so a mean over our seeds cannot be held against
-it with any power. This script runs the official code itself (a checkout of ptkjw1997/DGMRec,
-its ``src`` folder) on the same data, with the same per-model settings (each model's
-``config_override`` in the official file, 15 epochs), for further seeds, and writes records in the
-official file's schema; ``benchmarks.experiments.fidelity`` pools them with the official file's own runs.
-
-Each (model, seed) is one process on a private copy of ``src`` (the official code writes logs
-into its working folder and reads data from ``../data/<dataset>``), with the reference files
-linked in and, as for the official results file, the code's hard-coded ``.cuda()`` calls sent
-to the available device (nothing else is changed). The official code imports ``torchvision``
-and ``lmdb`` for raw-image pipelines and ``sklearn`` for a KMeans it never calls; when they are
-not installed, empty stand-ins are put on its path. The records are parsed from the official
-log: per-epoch loss, training seconds, validation and test metrics, and the test metrics at the
-best validation epoch (the official trainer's strict improvement rule). Reruns replace the
-record of the same model and seed.
+Runs the official code itself (the ``src`` folder of a ``ptkjw1997/DGMRec`` checkout) for each
+(model, seed) with the settings of that model's record in the official results file
+(``config_override``, 15 epochs), one process per run in a private copy of ``src`` with the
+reference files linked in, parses the official log (per-epoch loss and seconds, validation and
+test metrics, the test metrics at the best validation epoch) and writes the records, in the
+official file's schema, into ``--out`` (a rerun replaces the record of the same model and seed).
+``benchmarks.experiments.fidelity`` pools them with the official file's own runs. What is
+changed in the copy (device calls, stand-ins for unused imports) and why more seeds are
+needed: docs/fidelity.md.
 """
 from __future__ import annotations
 

@@ -3,27 +3,22 @@
     python -m benchmarks.experiments.side_by_side --official-src /path/to/DGMRec/src --model SGL
     python -m benchmarks.experiments.side_by_side --official-src /path/to/DGMRec/src --model SGL --train --seeds 999,42,2023
 
-When a model's mean over seeds parts from the official one, two questions remain: is it the
-model (its losses and gradients) or the loop around it (sampling, optimiser, schedule,
-evaluation)? This script answers both on the reference TikTok data, with the official class
-itself, built by the official data pipeline from a checkout of ``ptkjw1997/DGMRec`` (a private
-copy, as ``benchmarks.experiments.official_runs`` makes it: ``.cuda()`` to the available device,
-stand-ins for unused imports) with the settings of its official figure:
+Builds the official class with the official data pipeline from a checkout of
+``ptkjw1997/DGMRec`` (a private copy prepared as ``official_runs`` does) on the reference TikTok
+data, with the settings of its official figure, and:
 
-* default (**check**): the official initial weights are copied into ours, one BPR batch of our
-  sampler goes through both ``calculate_loss`` with the model's randomness aligned (the same
-  torch and numpy seeds before each side; SGL: our views are built from the very edges the
-  official ``torch.multinomial`` kept, SIBRAR: our two sources per row are the ones it drew;
-  BM3, NGCF: dropout off on both), and the losses, the largest gradient difference of every
-  parameter and the largest difference between the official feature tables and ours (after
-  masking and imputation) are printed. Equal losses and gradients mean
-  the same model on the same inputs.
-* ``--train``: the official class is trained and evaluated by our engine (our sampler,
-  optimiser, schedule, evaluator) for each seed; its mean over seeds next to ours and the
-  official engine's tells model from training loop.
+* by default (**check**) copies the official initial weights into ours (``WEIGHTS`` maps the
+  parameter names), sends one BPR batch of our sampler through both ``calculate_loss`` with the
+  randomness aligned, and prints the two losses, the largest gradient difference of every
+  parameter beside the official model's own change under a 1e-7 weight perturbation, and the
+  largest difference between the two sides' masked, imputed feature tables;
+* with ``--train`` trains and evaluates the official class with our engine (sampler,
+  optimiser, schedule, evaluator) for each seed, to tell a model difference from a
+  training-loop difference.
 
-Models with a weight map (``WEIGHTS``): MFBPR, LightGCN, NGCF, SGL, SimGCL, BM3, MILK, SIBRAR, CI2MG;
-``--train`` needs no map and takes any official model name.
+Models with a weight map: MFBPR, LightGCN, NGCF, SGL, SimGCL, BM3, MILK, SIBRAR, CI2MG;
+``--train`` takes any official model name. How randomness is aligned and what the results
+were: docs/fidelity.md.
 """
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ def resolve_dataset(name: str, data_root: str | Path, scale: float, fallback: bo
 def data_label(folder: Path) -> str:
     """``real`` or ``reference`` (surrogate features): the folder's SOURCE record written by
     ``python -m data_prep import``, else whether it lies in a folder named ``reference``."""
-    from data_prep.download import read_source
+    from data_prep.provenance import read_source
     kind = read_source(folder).get("kind")
     if kind in ("real", "reference"):
         return kind
