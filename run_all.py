@@ -20,7 +20,7 @@ from pathlib import Path
 from benchmarks.run.config import ConfigError, parse_sets
 from benchmarks.core.protocols import ALL_PROTOCOL_NAMES, PAPER_PROTOCOL_NAMES, PROTOCOLS, ProtocolError
 from benchmarks.run.ray_backend import RayBackendError  # does not import Ray
-from benchmarks.report.tables import present_protocols, write_report
+from benchmarks.report.writer import present_protocols, write_report
 from benchmarks.run.runner import RunOptions, execute, gpu_worker_slots, plan, print_banner
 from benchmarks.run.jobs import DEFAULT_DATA_ROOT
 from benchmarks.run.store import ResultStore

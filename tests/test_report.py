@@ -1,16 +1,27 @@
 """The reporting layer on a small hand-made results store (records + per-user npz via ResultStore)."""
+import ast
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from benchmarks.report import figures
-from benchmarks.report.tables import (PAPER_DIR, UserMismatchError, level_stats, main_table, paired_test, paper_comparison,
-                               ratio_stats, relative_difference, retrieval_paper_comparison, retrieval_stats,
-                               select_grid, significance_mark, write_report, write_tables)
+import benchmarks.report as report_pkg
+from benchmarks.report import figures, presentation
+from benchmarks.report.grid import Column, build_grid, latex_title, number
+from benchmarks.report.levels import level_stats
+from benchmarks.report.main_tables import main_table, paper_comparison
+from benchmarks.report.paper import PAPER_DIR, relative_difference
+from benchmarks.report.per_user import UserMismatchError, paired_test
+from benchmarks.report.ratios import ratio_stats
+from benchmarks.report.retrieval import retrieval_paper_comparison, retrieval_stats
+from benchmarks.report.selection import select_grid
+from benchmarks.report.stats import significance_mark
+from benchmarks.report.writer import write_report
 from benchmarks.run.store import ResultStore
+from models.registry import GROUPS, entries
 
 SEEDS = (999, 42, 2023)
 GROUP = {"LightGCN": "collaborative", "VBPR": "multi-modal", "MGCN": "multi-modal",
@@ -246,7 +257,7 @@ def test_no_dgmrec_no_improvement_row(template, tmp_path):
     records = [r for r in store.records() if r["model"] != "DGMRec"]
     write_report(records, tmp_path, ["missing"], store, figures=False)
     md = (tmp_path / "missing.md").read_text()
-    assert "Improv." not in md.split("\n\n", 1)[1] and "No Improv. row: DGMRec was not run." in md
+    assert "Improv." not in md.split("\n\n", 1)[1] and "No Improv. row: no model of group proposed was run." in md
     assert not (tmp_path / "missing_improv.csv").exists()
 
 
@@ -355,14 +366,88 @@ def test_files_figures_and_index(run):
         if f.name != "index.md":
             assert f"({f.name})" in index, f.name
     assert "Failed jobs" in index and "VBPR on tiktok" in index
-    assert write_tables is write_report
 
 
-def test_model_colours_are_fixed():
-    assert figures.model_color("DGMRec") == "#d62728"
-    assert figures.model_color("VBPR") != figures.model_color("MGCN")
-    assert figures.model_color("SomeNewModel") == figures.model_color("SomeNewModel")
-    assert figures.group_marker("proposed") == "*"
+def test_presentation_covers_the_registry_and_gives_each_model_its_own_colour():
+    registered = {e.name: e.group for e in entries() if e.cls.__module__.startswith(("models.", "baselines."))}
+    assert set(registered) == set(presentation.PAPER_ORDER)
+    assert set(presentation.GROUP_MARKERS) == set(GROUPS)
+    assert {presentation.PROPOSED_GROUP, presentation.FLOOR_GROUP} <= set(GROUPS)
+    colours = [presentation.model_color(name, group) for name, group in registered.items()]
+    assert len(set(colours)) == len(colours)  # no two registered models share a colour
+    assert presentation.model_color("DGMRec", "proposed") == presentation.PROPOSED_COLOR == "#d62728"
+    # the proposed colour goes with the group, not the name; an unknown name keeps one colour
+    assert presentation.model_color("NewIdea", "proposed") == presentation.PROPOSED_COLOR
+    assert presentation.model_color("NewIdea", "multi-modal") == presentation.model_color("NewIdea", "multi-modal")
+    assert presentation.model_color("NewIdea", "multi-modal") in presentation.FALLBACK_PALETTE
+    assert presentation.group_marker("proposed") == "*"
+    # rows: the registry's groups in order, the paper's order within a group, then by name
+    pairs = [("Zeta", "multi-modal"), ("DGMRec", "proposed"), ("VBPR", "multi-modal"), ("ItemPop", "non-personalised"),
+             ("Alpha", "multi-modal"), ("LightGCN", "collaborative"), ("MGCN", "multi-modal")]
+    assert [m for m, _ in presentation.model_order(pairs)] == ["ItemPop", "LightGCN", "VBPR", "MGCN", "Alpha", "Zeta",
+                                                              "DGMRec"]
+    assert presentation.proposed_model(pairs) == "DGMRec"
+    assert presentation.proposed_model(pairs[:1]) is None
+
+
+def test_the_proposed_model_is_the_proposed_group_not_a_name(tmp_path):
+    recs = [dict(r, model="NewIdea") if r["group"] == "proposed" else r for r in _floor_records()]
+    write_report(recs, tmp_path, ["missing"], figures=False)
+    md = (tmp_path / "missing.md").read_text()
+    assert "Improv.: (NewIdea − strongest baseline)" in md
+    headers, rows = md_table(md)
+    assert rows[-1][headers.index("Model")] == "Improv."
+    assert rows[-1][headers.index("synthetic:sports R@20")].startswith("-16.67%")  # (0.25 - 0.30) / 0.30
+
+
+def test_build_grid_ranks_by_the_printed_value_per_column_or_per_span():
+    values = {("a", "x"): 0.12344, ("b", "x"): 0.12341, ("c", "x"): 0.1, ("a", "y"): 0.5, ("b", "y"): None,
+              ("c", "y"): 0.7}
+    columns = [Column("x", "x", "s"), Column("y", "y", "s")]
+    rows = [([m], m) for m in "abc"]
+    grid = build_grid("T", "C", "tab:t", ["Model"], rows, columns, lambda m, c: number(values[(m, c)]), rank="column")
+    assert grid.spans == [("s", 2)] and grid.headers == ["Model", "x", "y"]
+    styles = [[c.style for c in row[1:]] for row in grid.rows]
+    # x: a and b both print 0.1234, so they share the best mark and c is second; y: b is a dash, not ranked
+    assert styles == [["best", "second"], ["best", ""], ["second", "best"]]
+    assert [c.text for c in grid.rows[1]] == ["b", "0.1234", "–"]
+    by_row = build_grid("T", "C", "", ["Model"], rows, columns, lambda m, c: number(values[(m, c)]), rank="span")
+    assert [[c.style for c in row[1:]] for row in by_row.rows] == [["second", "best"], ["best", ""], ["second", "best"]]
+    headers, md_rows = md_table(grid.markdown())
+    assert headers == ["Model", "s x", "s y"] and md_rows[1] == ["b", "**0.1234**", "–"]
+    assert "\\cmidrule(lr){2-3}" in grid.latex() and "\\multicolumn{2}{c}{s}" in grid.latex()
+
+
+def test_report_modules_import_each_other_without_a_cycle():
+    """Every import between modules of benchmarks/report (also those inside functions) goes one way."""
+    root = Path(report_pkg.__file__).parent
+    graph = {}
+    for path in root.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "benchmarks.report":
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benchmarks.report."):
+                deps.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[2] for a in node.names if a.name.startswith("benchmarks.report.")}
+        graph[path.stem] = deps - {path.stem}
+    assert {"writer", "grid", "presentation", "selection", "figures"} <= set(graph)
+    done, visiting = set(), []
+
+    def visit(mod):
+        assert mod not in visiting, "import cycle: " + " -> ".join(visiting[visiting.index(mod):] + [mod])
+        if mod in done:
+            return
+        visiting.append(mod)
+        for dep in sorted(graph.get(mod, ())):
+            visit(dep)
+        visiting.pop()
+        done.add(mod)
+
+    for mod in sorted(graph):
+        visit(mod)
+    assert "writer" not in set().union(*graph.values())  # the writer is on top
 
 
 # ----------------------------------------------------------------------------- the floor, titles, captions
@@ -401,7 +486,6 @@ def test_caption_states_the_schedule_and_how_runs_stopped(tmp_path):
 
 
 def test_latex_caption_does_not_repeat_the_table_number(tmp_path):
-    from benchmarks.report.tables import latex_title
     assert latex_title("Table 2 (missing modalities + new items), mean ± std over seeds") == \
         "Missing modalities + new items, mean ± std over seeds"
     assert latex_title("Cost") == "Cost"

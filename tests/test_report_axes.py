@@ -5,13 +5,11 @@ import pytest
 from scipy import stats as sps
 
 from benchmarks.report import groups as report_groups
-
 from benchmarks.report import imputation as report_imputation
-
 from benchmarks.report import significance as report_stats
-from benchmarks.report.tables import write_report
 from benchmarks.report.axes import primary_records
 from benchmarks.report.stats import holm
+from benchmarks.report.writer import write_report
 from benchmarks.run.store import ResultStore
 
 GROUP = {"LightGCN": "collaborative", "VBPR": "multi-modal", "BM3": "multi-modal", "DGMRec": "proposed"}

@@ -15,7 +15,8 @@ from torch import nn
 import run_all
 from benchmarks.core.engine import TrainResult
 from benchmarks.run.config import ConfigError, check_sets, expand_grid, parse_sets, resolve
-from benchmarks.report.tables import select_grid, write_tables
+from benchmarks.report.selection import select_grid
+from benchmarks.report.writer import write_report
 from benchmarks.run.runner import RunOptions, execute, plan
 from benchmarks.run.store import ResultStore
 from models.base import Recommender
@@ -105,7 +106,7 @@ def test_external_model_runs_through_runner_and_grid_is_chosen_by_validation(tmp
         assert c["valid"]["recall@20"] == max(r["valid"]["recall@20"] for r in group)
     # rerun: nothing left to do
     assert execute(plan(opts).jobs, store, n_workers=0, progress=False)["skipped"] == 4
-    files = write_tables(recs, tmp_path / "tables", ["missing"])
+    files = write_report(recs, tmp_path / "tables", ["missing"])
     md = (tmp_path / "tables" / "missing.md").read_text()
     assert "TestPopularity" in md and "SYNTHETIC" in md
     assert any(f.suffix == ".tex" for f in files)

@@ -23,7 +23,7 @@ import numpy as np
 from tabulate import tabulate
 
 from benchmarks.experiments.bench_common import EXTRA_SEEDS, OFFICIAL_RESULTS, REFERENCE, official_records, parse_seeds, publish
-from benchmarks.report.tables import select_grid
+from benchmarks.report.selection import select_grid
 from benchmarks.run.store import ResultStore
 from data_prep.errors import DataError
 
@@ -156,7 +156,7 @@ def curve_comparison(ours: dict, official: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    from models.registry import PAPER_ORDER
+    from benchmarks.report.presentation import PAPER_ORDER
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=None, help="comma-separated; default: every model with an official figure")
     ap.add_argument("--seeds", default="999,42,2023")

@@ -1,17 +1,13 @@
 """Figures of a run (matplotlib, Agg backend): PNG (150 dpi) and PDF of each.
 
-Every figure uses the same colour for the same model: a fixed colour per name of the
-registry's ``PAPER_ORDER`` (DGMRec always red, drawn on top and thicker), and for any other
-name a colour from a second palette chosen by a stable hash of the name (md5, so it is the
-same in every process). The marker says the model's group: square collaborative, circle
-multi-modal, triangle missing-modality-aware, star proposed.
-
-The functions take tidy ``pandas`` frames built by ``benchmarks.report.tables`` and return the
-paths they wrote.
+Colours, markers and the row order come from ``benchmarks.report.presentation``: a model has one
+colour in every figure, the proposed group is red, drawn on top and thicker, and the marker says
+the group. The functions take tidy ``pandas`` frames built by the report sections and return the
+paths they wrote. The sections import this module only when they draw: matplotlib takes about a
+second to import, and ``run_all`` (which every spawned worker re-imports) imports the report writer.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import matplotlib
@@ -24,54 +20,16 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from models.registry import PAPER_ORDER  # noqa: E402
-
-from benchmarks.report.tables import model_order  # noqa: E402  (one ordering for tables and figures)
-
-PROPOSED_COLOR = "#d62728"
-# One colour per PAPER_ORDER position (the proposed model is coloured separately): collaborative
-# models in greys/browns, multi-modal models in the tab10 hues (light and dark of each),
-# missing-modality-aware models in dark tones. Red is reserved for DGMRec.
-_PAPER_PALETTE = (
-    "#7f7f7f", "#4d4d4d", "#8c564b", "#c49c94", "#bcbd22",  # MFBPR NGCF LightGCN SGL SimGCL
-    "#1f77b4", "#7fb2e0", "#ff7f0e", "#f5b041", "#2ca02c",  # VBPR MMGCN GRCN SLMRec BM3
-    "#82c96f", "#9467bd", "#c3a3e0", "#17becf", "#e377c2",  # LATTICE MGCN LGMRec DAMRS GUME
-    "#393b79", "#637939", "#843c39",                        # CI2MG MILK SIBRAR
-)
-_FALLBACK_PALETTE = ("#5254a3", "#8ca252", "#bd9e39", "#ad494a", "#a55194", "#6b6ecf", "#b5cf6b",
-                     "#e7ba52", "#d6616b", "#ce6dbd", "#3182bd", "#e6550d", "#31a354", "#756bb1")
-GROUP_MARKERS = {"collaborative": "s", "multi-modal": "o", "missing-modality-aware": "^", "proposed": "*"}
-GROUP_LABELS = {"collaborative": "collaborative", "multi-modal": "multi-modal",
-                "missing-modality-aware": "missing-aware", "proposed": "proposed"}
-METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG", "precision": "Precision", "map": "MAP"}
-PROPOSED_MODEL = "DGMRec"
-
-
-def model_color(name: str) -> str:
-    """The colour of a model in every figure."""
-    if name == PROPOSED_MODEL:
-        return PROPOSED_COLOR
-    others = [n for n in PAPER_ORDER if n != PROPOSED_MODEL]
-    if name in others:
-        return _PAPER_PALETTE[others.index(name) % len(_PAPER_PALETTE)]
-    digest = int(hashlib.md5(name.encode()).hexdigest(), 16)
-    return _FALLBACK_PALETTE[digest % len(_FALLBACK_PALETTE)]
-
-
-def group_marker(group: str) -> str:
-    return GROUP_MARKERS.get(group, "D")
-
-
-def metric_label(metric: str) -> str:
-    name, _, k = metric.partition("@")
-    return f"{METRIC_LABELS.get(name, name)}@{k}" if k else METRIC_LABELS.get(name, name)
+from benchmarks.report.presentation import (group_label, group_marker, is_proposed, metric_label,  # noqa: E402
+                                            model_color, model_order)
 
 
 def _style(model: str, group: str) -> dict:
-    proposed = model == PROPOSED_MODEL
-    return dict(color=model_color(model), marker=group_marker(group), markersize=11 if proposed else 6,
+    proposed = is_proposed(group)
+    color = model_color(model, group)
+    return dict(color=color, marker=group_marker(group), markersize=11 if proposed else 6,
                 linewidth=2.6 if proposed else 1.3, zorder=5 if proposed else 2,
-                markeredgecolor="black" if proposed else model_color(model), markeredgewidth=0.6)
+                markeredgecolor="black" if proposed else color, markeredgewidth=0.6)
 
 
 def _legend_handles(models: list[tuple[str, str]], lines: bool = True) -> tuple[list[Line2D], set[int]]:
@@ -80,7 +38,7 @@ def _legend_handles(models: list[tuple[str, str]], lines: bool = True) -> tuple[
     for m, g in models:
         if g != prev:
             headers.add(len(hs))
-            hs.append(Line2D([], [], linestyle="none", label=GROUP_LABELS.get(g, g)))
+            hs.append(Line2D([], [], linestyle="none", label=group_label(g)))
             prev = g
         st = _style(m, g)
         hs.append(Line2D([0], [0], color=st["color"], marker=st["marker"], markersize=min(st["markersize"], 9),
@@ -173,18 +131,14 @@ def level_bars(stats: pd.DataFrame, level_labels: dict[int, str], title: str, st
         ax.set_ylabel(f"test {metric_label(metric)}")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-        _group_separators(ax, models)
+        group_separators(ax, models)
         ax.margins(x=0.01)
         top = ax.get_ylim()[1]
         ax.set_ylim(0, top * 1.12)  # room for the group names
     axes[0, 0].legend(title="test items (interactions)", ncol=len(levels) if len(models) >= 8 else 2, fontsize=8,
                       title_fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.02), frameon=False,
                       alignment="left")
-    axes[-1, 0].set_xticks(x)
-    axes[-1, 0].set_xticklabels([m for m, _ in models], rotation=40, ha="right")
-    for lab, (m, _) in zip(axes[-1, 0].get_xticklabels(), models):
-        if m == PROPOSED_MODEL:
-            lab.set_fontweight("bold")
+    model_ticks(axes[-1, 0], models)
     if stats["std"].notna().any():
         title += "\nerror bars: ±1 sample std over seeds"
     fig.suptitle(title, fontsize=11, y=1.0)
@@ -192,14 +146,28 @@ def level_bars(stats: pd.DataFrame, level_labels: dict[int, str], title: str, st
     return save(fig, stem)
 
 
-def _group_separators(ax, models: list[tuple[str, str]]) -> None:
+def model_ticks(ax, models: list[tuple[str, str]], axis: str = "x") -> None:
+    """The model names as tick labels (x: rotated; y: small), the proposed model's in bold."""
+    if axis == "x":
+        ax.set_xticks(np.arange(len(models)))
+        labels = ax.set_xticklabels([m for m, _ in models], rotation=40, ha="right")
+    else:
+        ax.set_yticks(range(len(models)))
+        labels = ax.set_yticklabels([m for m, _ in models], fontsize=8)
+    for lab, (_, g) in zip(labels, models):
+        if is_proposed(g):
+            lab.set_fontweight("bold")
+
+
+def group_separators(ax, models: list[tuple[str, str]]) -> None:
+    """Dashed lines between the model groups of a bar chart, each group named at the top."""
     groups = [g for _, g in models]
     start = 0
     for i in range(1, len(groups) + 1):
         if i == len(groups) or groups[i] != groups[start]:
             if i < len(groups):
                 ax.axvline(i - 0.5, color="#999999", linewidth=0.8, linestyle="--")
-            ax.text((start + i - 1) / 2, 0.98, GROUP_LABELS.get(groups[start], groups[start]),
+            ax.text((start + i - 1) / 2, 0.98, group_label(groups[start]),
                     transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8, color="#555555")
             start = i
 
@@ -280,7 +248,7 @@ def cost_scatter(cost: pd.DataFrame, title: str, stem: str | Path, metric: str =
                 continue
             st = _style(m, g)
             ax.scatter(d["train_seconds"], d[metric], color=st["color"], marker=st["marker"],
-                       s=(st["markersize"] * 1.6) ** 2 if m == PROPOSED_MODEL else 55, edgecolors="black",
+                       s=(st["markersize"] * 1.6) ** 2 if is_proposed(g) else 55, edgecolors="black",
                        linewidths=0.5, zorder=st["zorder"])
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10))

@@ -6,7 +6,8 @@
   per seed then averaged.
 * ``imputation_feature_quality.*``: per dataset and modality, how close each method's filled rows
   are to the true features of the masked items (cosine, MSE per element), how many masked rows
-  fell back to the mean, and DGMRec's generated rows beside the mean filling of the same rows.
+  fell back to the mean, and the proposed model's generated rows beside the mean filling of the
+  same rows.
 * ``imputation_<dataset>.png/.pdf``: heat maps of the relative difference to ``mean``.
 
 One missingness mechanism per dataset (uniform where it ran, else the one present), at the
@@ -14,52 +15,63 @@ dataset's official ratio (else the ratio run).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from benchmarks.core.imputation import IMPUTATIONS
-from benchmarks.report.tables import (LEVEL_METRICS, PROPOSED_MODEL, Cell, Grid, _aggregate, _figure_links, _finite, _links, _num,
-                     _ratio_caption, _slug, _write_csv, _write_grids, at_official_ratio, data_caption, dataset_order,
-                     model_order, rank_styles, short_metric)
 from benchmarks.report.axes import DEFAULT_MECHANISM, imputation_of, mechanism_of, uses_features
+from benchmarks.report.captions import data_caption, ratio_caption
+from benchmarks.report.grid import Column, Grid, build_grid, fmt, number
+from benchmarks.report.output import figure_links, links, slug, write_csv, write_grids
+from benchmarks.report.presentation import LEVEL_METRICS, is_proposed, metric_label, model_order, short_metric
+from benchmarks.report.selection import at_official_ratio, dataset_order
+from benchmarks.report.stats import finite, sample_sd, seed_aggregate
 
 REFERENCE = "mean"
 LABELS = {"zero": "zero", "mean": "mean", "feature_knn": "feature kNN", "graph_mean": "graph mean",
           "multi_hop": "multi-hop", "ppr": "PPR", "heat": "heat", "generated": "DGMRec-generated"}
+# Feature-quality rows beside the methods: "<model> generator" (the rows the proposed model
+# generated) and the mean filling of those same rows.
+GENERATOR = " generator"
+MEAN_ON_GENERATED = "mean, on the generator's rows"
+MODALITY_NAMES = {"v": "image", "t": "text", "a": "audio"}
 
 
-def section(records: list[dict], out, written: list, fig_lib) -> list[str]:
+def section(records: list[dict], out: Path, written: list[Path], draw: bool) -> list[str]:
+    """Write the imputation tables (and heat maps); return the index lines."""
     values, rel, recs, ratios = imputation_stats(records)
     if values.empty:
         return ["No imputation results: no `missing` record of a model given imputed features.", ""]
     datasets = [d for d in dataset_order(recs) if d in set(values["dataset"])]
     grids = [g for ds in datasets for g in _imputation_grids(values, rel, ds, recs, ratios)]
-    _write_grids(grids, out / "imputation", written)
+    write_grids(grids, out / "imputation", written)
     csv = values.merge(rel[["model", "dataset", "imputation", "metric", "rel_pct", "rel_std"]],
                        on=["model", "dataset", "imputation", "metric"], how="left")
-    _write_csv(csv.rename(columns={"rel_pct": "rel_to_mean_pct", "rel_std": "rel_to_mean_std"}),
-               out / "imputation.csv", written)
-    lines = [_links(out, "imputation", ("md", "tex", "csv"), "models × imputation methods (values, relative to mean)")]
+    write_csv(csv.rename(columns={"rel_pct": "rel_to_mean_pct", "rel_std": "rel_to_mean_std"}),
+              out / "imputation.csv", written)
+    lines = [links(out, "imputation", ("md", "tex", "csv"), "models × imputation methods (values, relative to mean)")]
     quality = quality_frame(recs)
     if not quality.empty:
-        _write_grids([_quality_grid(quality, ds, recs, ratios) for ds in datasets if ds in set(quality["dataset"])],
-                     out / "imputation_feature_quality", written)
-        _write_csv(quality, out / "imputation_feature_quality.csv", written)
-        lines.append(_links(out, "imputation_feature_quality", ("md", "tex", "csv"),
-                            "feature quality of the filled rows against the true features"))
+        write_grids([_quality_grid(quality, ds, recs, ratios) for ds in datasets if ds in set(quality["dataset"])],
+                    out / "imputation_feature_quality", written)
+        write_csv(quality, out / "imputation_feature_quality.csv", written)
+        lines.append(links(out, "imputation_feature_quality", ("md", "tex", "csv"),
+                           "feature quality of the filled rows against the true features"))
     missing_ref = [ds for ds in datasets if REFERENCE not in set(values[values["dataset"] == ds]["imputation"])]
     if missing_ref:
         lines.append(f"- No relative difference for {', '.join(missing_ref)}: the mean imputation was not run.")
-    if fig_lib is not None:
+    if draw:
         for ds in datasets:
             part = rel[rel["dataset"] == ds]
             if part.empty:
                 continue
             mech = mechanism_of(next(r for r in recs if r["dataset"] == ds))
             files = heatmap(part, f"{ds}: each imputation relative to mean (%)\nmechanism {mech}, ratio "
-                                  f"{ratios[ds]:g}, mean over seeds", out / f"imputation_{_slug(ds)}", fig_lib)
+                                  f"{ratios[ds]:g}, mean over seeds", out / f"imputation_{slug(ds)}")
             written.extend(files)
-            lines.append(_figure_links(files))
+            lines.append(figure_links(files))
     return lines + [""]
 
 
@@ -75,9 +87,9 @@ def imputation_stats(records: list[dict], metrics=LEVEL_METRICS):
     recs = [r for r in recs if mechanism_of(r) == chosen[r["dataset"]]]
     rows = [{"model": r["model"], "group": r.get("group", "?"), "dataset": r["dataset"], "imputation": imputation_of(r),
              "metric": m, "seed": r.get("seed"), "value": float(r["test"][m])}
-            for r in recs for m in metrics if _finite((r.get("test") or {}).get(m))]
+            for r in recs for m in metrics if finite((r.get("test") or {}).get(m))]
     df = pd.DataFrame(rows)
-    values = _aggregate(df, ["model", "group", "dataset", "imputation", "metric"])
+    values = seed_aggregate(df, ["model", "group", "dataset", "imputation", "metric"])
     rel = []
     if not df.empty:
         for (model, group, ds, metric), part in df.groupby(["model", "group", "dataset", "metric"], sort=False):
@@ -89,65 +101,47 @@ def imputation_stats(records: list[dict], metrics=LEVEL_METRICS):
                 if per_seed:
                     rel.append({"model": model, "group": group, "dataset": ds, "imputation": imp, "metric": metric,
                                 "rel_pct": float(np.mean(per_seed)),
-                                "rel_std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan"),
+                                "rel_std": sample_sd(per_seed),
                                 "n": len(per_seed)})
     rel_df = pd.DataFrame(rel, columns=["model", "group", "dataset", "imputation", "metric", "rel_pct", "rel_std", "n"])
     return values, rel_df, recs, {d: ratios[d] for d in chosen}
 
 
-def _order(imps) -> list[str]:
+def method_order(imps) -> list[str]:
+    """Imputation methods in the order of ``benchmarks.core.imputation.IMPUTATIONS``, then by name."""
     present = set(imps)
     return [m for m in IMPUTATIONS if m in present] + sorted(present - set(IMPUTATIONS))
 
 
 def _imputation_grids(values, rel, ds, recs, ratios, metrics=LEVEL_METRICS) -> list[Grid]:
     part = values[values["dataset"] == ds]
-    imps = _order(part["imputation"])
-    models = model_order(zip(part["model"], part["group"]))
-    cell = {(r.model, r.imputation, r.metric): r.mean for r in part.itertuples()}
-    headers, spans = ["Model"], []
-    for m in metrics:
-        spans.append((short_metric(m), len(imps)))
-        headers += [LABELS.get(i, i) for i in imps]
-    rows = []
-    for model, _ in models:
-        row = [Cell(model)]
-        for m in metrics:
-            styles = rank_styles({i: cell[(model, i, m)] for i in imps if (model, i, m) in cell})
-            for i in imps:
-                v = cell.get((model, i, m))
-                row.append(Cell("–") if v is None else Cell(_num(v), styles.get(i, "")))
-        rows.append(row)
+    imps = method_order(part["imputation"])
+    rows = [([model], model) for model, _ in model_order(zip(part["model"], part["group"]))]
+    found = {(r.model, r.imputation, r.metric): r.mean for r in part.itertuples()}
     ds_recs = [r for r in recs if r["dataset"] == ds]
     method_txt = ("zero; mean of the observed rows (the paper's); feature kNN: mean of the most similar items in the "
                   "item's observed modalities; graph mean / multi-hop / PPR / heat: propagation of observed features "
                   "over the item-item co-interaction graph of the training data (Malitesta et al., CIKM 2024); "
                   "DGMRec-generated: the features a DGMRec job of the same data and seed generated (mean elsewhere)")
     cap = (f"{ds}: test metrics per imputation of the masked features ({method_txt}); mean over seeds; per model and "
-           f"metric the best imputation bold, the second underlined. " + _ratio_caption({ds: ratios[ds]}, ds_recs) + " "
+           f"metric the best imputation bold, the second underlined. " + ratio_caption({ds: ratios[ds]}, ds_recs) + " "
            + data_caption(ds_recs))
-    grids = [Grid(f"Imputation methods, {ds}", cap, headers, rows, 1, spans, label=f"tab:imputation-{_slug(ds)}")]
+    # bold/underline within each metric of a row: the best imputation for that model
+    grids = [build_grid(f"Imputation methods, {ds}", cap, f"tab:imputation-{slug(ds)}", ["Model"], rows,
+                        [Column((i, m), LABELS.get(i, i), short_metric(m)) for m in metrics for i in imps],
+                        lambda model, col: number(found[(model,) + col]) if (model,) + col in found else None,
+                        rank="span")]
     rpart = rel[rel["dataset"] == ds]
     if not rpart.empty:
         rimps = [i for i in imps if i != REFERENCE and i in set(rpart["imputation"])]
-        rcell = {(r.model, r.imputation, r.metric): r.rel_pct for r in rpart.itertuples()}
-        headers, spans = ["Model"], []
-        for m in metrics:
-            spans.append((f"{short_metric(m)} vs mean (%)", len(rimps)))
-            headers += [LABELS.get(i, i) for i in rimps]
-        rows = []
-        for model, _ in models:
-            row = [Cell(model)]
-            for m in metrics:
-                for i in rimps:
-                    v = rcell.get((model, i, m))
-                    row.append(Cell("–") if v is None else Cell(f"{v:+.1f}"))
-            rows.append(row)
+        relative = {(r.model, r.imputation, r.metric): r.rel_pct for r in rpart.itertuples()}
         cap = (f"{ds}: relative difference to the mean imputation, 100·(M(method) − M(mean))/M(mean) in %, per seed "
                f"and averaged over the seeds run with both (above 0: the method helps the model). "
-               + _ratio_caption({ds: ratios[ds]}, ds_recs) + " " + data_caption(ds_recs))
-        grids.append(Grid(f"Imputation relative to mean, {ds}", cap, headers, rows, 1, spans,
-                          label=f"tab:imputation-rel-{_slug(ds)}"))
+               + ratio_caption({ds: ratios[ds]}, ds_recs) + " " + data_caption(ds_recs))
+        grids.append(build_grid(
+            f"Imputation relative to mean, {ds}", cap, f"tab:imputation-rel-{slug(ds)}", ["Model"], rows,
+            [Column((i, m), LABELS.get(i, i), f"{short_metric(m)} vs mean (%)") for m in metrics for i in rimps],
+            lambda model, col: f"{relative[(model,) + col]:+.1f}" if (model,) + col in relative else None))
     return grids
 
 
@@ -163,12 +157,12 @@ def quality_frame(recs: list[dict]) -> pd.DataFrame:
             rows.append({"dataset": r["dataset"], "method": imputation_of(r), "modality": m, "seed": r.get("seed"),
                          "model": r["model"], "cosine": fq.get(f"imputed_{m}_cosine"), "mse": fq.get(f"imputed_{m}_mse"),
                          "rows": fq.get(f"imputed_{m}_rows"), "fallback": (fallback.get(m) or {}).get("fallback")})
-            if f"generated_{m}_cosine" in fq and r["model"] == PROPOSED_MODEL and imputation_of(r) == REFERENCE:
-                rows.append({"dataset": r["dataset"], "method": "DGMRec generator", "modality": m,
+            if f"generated_{m}_cosine" in fq and is_proposed(r.get("group")) and imputation_of(r) == REFERENCE:
+                rows.append({"dataset": r["dataset"], "method": r["model"] + GENERATOR, "modality": m,
                              "seed": r.get("seed"), "model": r["model"], "cosine": fq[f"generated_{m}_cosine"],
                              "mse": fq.get(f"generated_{m}_mse"), "rows": fq.get(f"generated_{m}_rows"),
                              "fallback": None})
-                rows.append({"dataset": r["dataset"], "method": "mean, on the generator's rows", "modality": m,
+                rows.append({"dataset": r["dataset"], "method": MEAN_ON_GENERATED, "modality": m,
                              "seed": r.get("seed"), "model": r["model"],
                              "cosine": fq.get(f"imputed_on_generated_{m}_cosine"),
                              "mse": fq.get(f"imputed_on_generated_{m}_mse"), "rows": fq.get(f"generated_{m}_rows"),
@@ -186,51 +180,51 @@ def quality_frame(recs: list[dict]) -> pd.DataFrame:
 def _quality_grid(q: pd.DataFrame, ds, recs, ratios) -> Grid:
     part = q[q["dataset"] == ds]
     mods = sorted(set(part["modality"]), key=lambda m: "vta".find(m) if m in "vta" else 9)
-    names = {"v": "image", "t": "text", "a": "audio"}
-    headers, spans = ["method"], []
-    for m in mods:
-        spans.append((names.get(m, m), 4))
-        headers += ["cosine", "MSE", "rows", "fallback"]
-    extra = [x for x in ("DGMRec generator", "mean, on the generator's rows") if x in set(part["method"])]
-    methods = _order([x for x in part["method"] if x not in extra]) + extra
-    cell = {(r.method, r.modality): r for r in part.itertuples()}
-    cos_styles = {m: rank_styles({meth: cell[(meth, m)].cosine for meth in methods
-                                  if (meth, m) in cell and meth not in extra}) for m in mods}
-    rows = []
-    for meth in methods:
-        row = [Cell(LABELS.get(meth, meth))]
-        for m in mods:
-            r = cell.get((meth, m))
-            if r is None:
-                row += [Cell("–")] * 4
-                continue
-            row += [Cell(_num(r.cosine, digits=3), cos_styles[m].get(meth, "")), Cell(f"{r.mse:.3g}"),
-                    Cell(str(int(r.rows)) if _finite(r.rows) else "–"),
-                    Cell(str(int(r.fallback)) if _finite(r.fallback) else "–")]
-        rows.append(row)
+    present = list(dict.fromkeys(part["method"]))
+    extra = [x for x in present if x.endswith(GENERATOR)] + [x for x in present if x == MEAN_ON_GENERATED]
+    methods = method_order([x for x in part["method"] if x not in extra]) + extra
+    found = {(r.method, r.modality): r for r in part.itertuples()}
+
+    def cell(meth, col):
+        m, field = col
+        r = found.get((meth, m))
+        if r is None:
+            return None
+        if field == "cosine":  # the methods' cosines are ranked, the generator's rows shown beside them
+            return number(r.cosine, digits=3) if meth not in extra else fmt(r.cosine, digits=3)
+        if field == "mse":
+            return f"{r.mse:.3g}"
+        v = getattr(r, field)
+        return str(int(v)) if finite(v) else None
+
     ds_recs = [r for r in recs if r["dataset"] == ds]
     cap = (f"{ds}: quality of the filled rows against the true features of the masked items (used only inside this "
            f"analysis; no model sees them): mean cosine similarity (a zero row counts 0) and mean squared error per "
            f"element over the masked rows; fallback = masked rows the method could not reach and filled with the "
            f"mean. DGMRec generator: the rows DGMRec generated at its best validation epoch (by default the items "
            f"missing exactly that modality), beside the mean filling of the same rows. Best cosine of the methods "
-           f"bold. " + _ratio_caption({ds: ratios[ds]}, ds_recs) + " " + data_caption(ds_recs))
-    return Grid(f"Feature quality of the imputations, {ds}", cap, headers, rows, 1, spans,
-                label=f"tab:imputation-quality-{_slug(ds)}")
+           f"bold. " + ratio_caption({ds: ratios[ds]}, ds_recs) + " " + data_caption(ds_recs))
+    return build_grid(f"Feature quality of the imputations, {ds}", cap, f"tab:imputation-quality-{slug(ds)}",
+                      ["method"], [([LABELS.get(meth, meth)], meth) for meth in methods],
+                      [Column((m, f), h, MODALITY_NAMES.get(m, m)) for m in mods
+                       for f, h in (("cosine", "cosine"), ("mse", "MSE"), ("rows", "rows"), ("fallback", "fallback"))],
+                      cell, rank="column")
 
 
 # ----------------------------------------------------------------------------- figure
-def heatmap(rel: pd.DataFrame, title: str, stem, fig_lib, metrics=LEVEL_METRICS) -> list:
+def heatmap(rel: pd.DataFrame, title: str, stem, metrics=LEVEL_METRICS) -> list[Path]:
     """Models x imputations, colour = relative difference to mean (%), one panel per metric."""
-    import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
 
+    from benchmarks.report import figures  # matplotlib only when figures are drawn
+
+    plt = figures.plt
     models = model_order(zip(rel["model"], rel["group"]))
-    imps = [i for i in _order(rel["imputation"]) if i != REFERENCE]
+    imps = [i for i in method_order(rel["imputation"]) if i != REFERENCE]
     cell = {(r.model, r.imputation, r.metric): r.rel_pct for r in rel.itertuples()}
     mats = {m: np.array([[cell.get((mm, i, m), np.nan) for i in imps] for mm, _ in models]) for m in metrics}
-    finite = np.concatenate([v[np.isfinite(v)] for v in mats.values()]) if mats else np.zeros(0)
-    lim = float(np.nanmax(np.abs(finite))) if finite.size else 1.0
+    shown = np.concatenate([v[np.isfinite(v)] for v in mats.values()]) if mats else np.zeros(0)
+    lim = float(np.nanmax(np.abs(shown))) if shown.size else 1.0
     lim = max(lim, 1e-6)
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.0 + 0.75 * len(imps) * len(metrics),
                                                        max(3.0, 1.6 + 0.38 * len(models))), squeeze=False,
@@ -243,18 +237,14 @@ def heatmap(rel: pd.DataFrame, title: str, stem, fig_lib, metrics=LEVEL_METRICS)
                        aspect="auto")
         for i in range(mat.shape[0]):
             for j in range(mat.shape[1]):
-                finite = np.isfinite(mat[i, j])
-                ax.text(j, i, f"{round(float(mat[i, j])):+d}" if finite else "–", ha="center", va="center", fontsize=7,
-                        color="white" if finite and abs(mat[i, j]) > 0.6 * lim else "black")
+                ok = np.isfinite(mat[i, j])
+                ax.text(j, i, f"{round(float(mat[i, j])):+d}" if ok else "–", ha="center", va="center", fontsize=7,
+                        color="white" if ok and abs(mat[i, j]) > 0.6 * lim else "black")
         ax.set_xticks(range(len(imps)))
         ax.set_xticklabels([LABELS.get(i, i) for i in imps], rotation=40, ha="right", fontsize=8)
-        ax.set_yticks(range(len(models)))
-        ax.set_yticklabels([mm for mm, _ in models], fontsize=8)
-        for lab, (mm, _) in zip(ax.get_yticklabels(), models):
-            if mm == PROPOSED_MODEL:
-                lab.set_fontweight("bold")
-        ax.set_title(f"test {fig_lib.metric_label(m)} vs mean (%)", fontsize=10)
+        figures.model_ticks(ax, models, axis="y")
+        ax.set_title(f"test {metric_label(m)} vs mean (%)", fontsize=10)
     fig.suptitle(title, fontsize=10)
     if im is not None:
         fig.colorbar(im, ax=list(axes[0]), shrink=0.9, label="vs mean (%), blue: better")
-    return fig_lib.save(fig, stem)
+    return figures.save(fig, stem)

@@ -1,9 +1,10 @@
 """Tables of statistics beside Table 1 / Table 2 (``missing``, ``new_items``).
 
-* ``<protocol>_significance.*``: DGMRec against *every* baseline, per dataset and metric:
-  Improv. (%), the two-sided paired t-test on per-user vectors averaged over seeds, its p-value
-  Holm-adjusted over all baselines of that column (the family the "Improv." row implicitly
-  searches), and the paired effect size d_z. Marks ** / * / n.s. use the adjusted p-value.
+* ``<protocol>_significance.*``: the proposed model against *every* baseline, per dataset and
+  metric: Improv. (%), the two-sided paired t-test on per-user vectors averaged over seeds, its
+  p-value Holm-adjusted over all baselines of that column (the family the "Improv." row
+  implicitly searches), and the paired effect size d_z. Marks ** / * / n.s. use the adjusted
+  p-value.
 * ``<protocol>_ci.*``: every cell's mean with a 95% bootstrap interval over users (the
   seed-averaged per-user vector resampled 1000 times; one set of draws per dataset).
 * ``<protocol>_selection.*``: what picking by test would report. Ours: the grid setting with
@@ -13,51 +14,64 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from benchmarks.report import stats
-from benchmarks.report.tables import (JOB_PROTOCOL, PROPOSED_MODEL, TABLE_METRICS, Cell, Grid, UserMismatchError, _finite, _is_baseline,
-                     _links, _memo_store, _num, _ratio_caption, _slug, _unique_jobs, _write_csv, _write_grids,
-                     at_official_ratio, data_caption, dataset_order, model_order, per_user_mean, short_metric,
-                     significance_mark)
+from benchmarks.report.axes import primary_records
+from benchmarks.report.captions import data_caption, ratio_caption
+from benchmarks.report.grid import Cell, Column, Grid, build_grid, fmt
+from benchmarks.report.output import links, slug, write_csv, write_grids
+from benchmarks.report.per_user import UserMismatchError, memo_store, per_user_mean
+from benchmarks.report.presentation import (TABLE_METRICS, is_baseline, model_order, proposed_model,
+                                            short_metric)
+from benchmarks.report.selection import JOB_PROTOCOL, at_official_ratio, dataset_order, same_ratio, unique_jobs
+from benchmarks.report.stats import finite, significance_mark
 
 SELECTION_METRICS = ("recall@20", "ndcg@20")  # the metrics the training curve records per epoch
 
 
-def section(records: list[dict], protocol: str, out, store, written: list) -> list[str]:
+def section(records: list[dict], protocol: str, out: Path, store, written: list[Path]) -> list[str]:
+    """Write the significance, interval and selection tables of one protocol; return the index lines."""
     recs, ratios = at_official_ratio(records, JOB_PROTOCOL[protocol])
     lines = []
     if store is not None and recs:
-        store = _memo_store(store)
+        store = memo_store(store)
         sig, notes = significance_frame(recs, store)
         if not sig.empty:
-            _write_grids(_significance_grids(sig, recs, ratios, protocol), out / f"{protocol}_significance", written)
-            _write_csv(sig, out / f"{protocol}_significance.csv", written)
-            lines.append(_links(out, f"{protocol}_significance", ("md", "tex", "csv"),
-                                "DGMRec vs every baseline (Holm-adjusted p, effect size)"))
+            write_grids(_significance_grids(sig, recs, ratios, protocol), out / f"{protocol}_significance", written)
+            write_csv(sig, out / f"{protocol}_significance.csv", written)
+            proposed = proposed_model((r["model"], r.get("group", "?")) for r in recs)
+            lines.append(links(out, f"{protocol}_significance", ("md", "tex", "csv"),
+                               f"{proposed} vs every baseline (Holm-adjusted p, effect size)"))
         ci = ci_frame(recs, store)
         if not ci.empty:
-            _write_grids(_ci_grids(ci, recs, ratios, protocol), out / f"{protocol}_ci", written)
-            _write_csv(ci, out / f"{protocol}_ci.csv", written)
-            lines.append(_links(out, f"{protocol}_ci", ("md", "tex", "csv"), "95% bootstrap intervals of every cell"))
+            write_grids(_ci_grids(ci, recs, ratios, protocol), out / f"{protocol}_ci", written)
+            write_csv(ci, out / f"{protocol}_ci.csv", written)
+            lines.append(links(out, f"{protocol}_ci", ("md", "tex", "csv"), "95% bootstrap intervals of every cell"))
         lines.extend(f"- {n}" for n in notes)
     sel = selection_frame(records, JOB_PROTOCOL[protocol], ratios)
     if not sel.empty:
-        _write_grids([_selection_grid(sel, recs, protocol)], out / f"{protocol}_selection", written)
-        _write_csv(sel, out / f"{protocol}_selection.csv", written)
-        lines.append(_links(out, f"{protocol}_selection", ("md", "tex", "csv"),
-                            "selection optimism: picking by test vs by validation"))
+        write_grids([_selection_grid(sel, recs, protocol)], out / f"{protocol}_selection", written)
+        write_csv(sel, out / f"{protocol}_selection.csv", written)
+        lines.append(links(out, f"{protocol}_selection", ("md", "tex", "csv"),
+                           "selection optimism: picking by test vs by validation"))
     return lines
 
 
 # ----------------------------------------------------------------------------- significance
 def significance_frame(recs: list[dict], store, metrics=TABLE_METRICS) -> tuple[pd.DataFrame, list[str]]:
+    """Per dataset, metric and baseline: the proposed model's paired test, Holm-adjusted per column,
+    and its effect size; notes on what could not be compared."""
     rows, notes = [], []
     for ds in dataset_order(recs):
         part = [r for r in recs if r["dataset"] == ds]
-        prop = [r for r in part if r["model"] == PROPOSED_MODEL]
-        models = [(m, g) for m, g in model_order((r["model"], r.get("group", "?")) for r in part) if _is_baseline(m, g)]
+        pairs = model_order((r["model"], r.get("group", "?")) for r in part)
+        proposed = proposed_model(pairs)
+        prop = [r for r in part if r["model"] == proposed]
+        models = [(m, g) for m, g in pairs if is_baseline(g)]
         if not prop or not models:
             continue
         for metric in metrics:
@@ -75,7 +89,7 @@ def significance_frame(recs: list[dict], store, metrics=TABLE_METRICS) -> tuple[
                     notes.append(f"{ds} {model} {short_metric(metric)}: not compared ({exc})")
                     continue
                 if not np.array_equal(ua, ub):
-                    notes.append(f"{ds} {model}: evaluated on other users than {PROPOSED_MODEL}; not compared")
+                    notes.append(f"{ds} {model}: evaluated on other users than {proposed}; not compared")
                     continue
                 t, p = stats.paired_t(a, b)
                 bm = float(b.mean())
@@ -91,7 +105,7 @@ def significance_frame(recs: list[dict], store, metrics=TABLE_METRICS) -> tuple[
 
 
 def _p(p: float) -> str:
-    if not _finite(p):
+    if not finite(p):
         return "–"
     return "<0.001" if p < 1e-3 else f"{p:.3f}"
 
@@ -100,38 +114,38 @@ def _significance_grids(sig: pd.DataFrame, recs, ratios, protocol) -> list[Grid]
     grids = []
     for ds in [d for d in dataset_order(recs) if d in set(sig["dataset"])]:
         part = sig[sig["dataset"] == ds]
-        metrics = [m for m in TABLE_METRICS if m in set(part["metric"])]
-        headers, spans = ["Baseline"], []
-        for m in metrics:
-            spans.append((short_metric(m), 3))
-            headers += ["Improv.", "p (Holm)", "d_z"]
-        cell = {(r.baseline, r.metric): r for r in part.itertuples()}
-        rows = []
-        for model, _ in model_order(zip(part["baseline"], part["group"])):
-            row = [Cell(model)]
-            for m in metrics:
-                r = cell.get((model, m))
-                if r is None:
-                    row += [Cell("–")] * 3
-                    continue
-                row += [Cell(f"{r.improv_pct:+.2f}%" if _finite(r.improv_pct) else "–", mark=r.mark), Cell(_p(r.p_holm)),
-                        Cell(f"{r.d_z:+.3f}" if _finite(r.d_z) else "–")]
-            rows.append(row)
+        found = {(r.baseline, r.metric): r for r in part.itertuples()}
+
+        def cell(model, col):
+            r = found.get((model, col[0]))
+            if r is None:
+                return None
+            if col[1] == "improv":
+                return Cell(f"{r.improv_pct:+.2f}%" if finite(r.improv_pct) else "–", mark=r.mark)
+            if col[1] == "p":
+                return _p(r.p_holm)
+            return f"{r.d_z:+.3f}" if finite(r.d_z) else None
+
         ds_recs = [r for r in recs if r["dataset"] == ds]
+        proposed = proposed_model((r["model"], r.get("group", "?")) for r in ds_recs)
         n = int(part["n_compared"].max())
-        cap = (f"{ds}: {PROPOSED_MODEL} against every baseline. Improv. = ({PROPOSED_MODEL} − baseline)/baseline of "
+        cap = (f"{ds}: {proposed} against every baseline. Improv. = ({proposed} − baseline)/baseline of "
                f"the seed-averaged per-user means; two-sided paired t-test on per-user vectors averaged over seeds, "
                f"p-values Holm-adjusted over the {n} baselines of each column (family-wise error; ** p<0.01, "
                f"* p<0.05, n.s. otherwise, after adjustment); d_z = mean / std of the per-user differences "
                f"(|d_z| 0.2 small, 0.5 medium). Users: {int(part['n_users'].max())}. "
-               + _ratio_caption({ds: ratios[ds]}, ds_recs) + " " + data_caption(ds_recs))
-        grids.append(Grid(f"Significance against every baseline, {ds}", cap, headers, rows, 1, spans,
-                          label=f"tab:{protocol}-significance-{_slug(ds)}"))
+               + ratio_caption({ds: ratios[ds]}, ds_recs) + " " + data_caption(ds_recs))
+        grids.append(build_grid(
+            f"Significance against every baseline, {ds}", cap, f"tab:{protocol}-significance-{slug(ds)}", ["Baseline"],
+            [([model], model) for model, _ in model_order(zip(part["baseline"], part["group"]))],
+            [Column((m, k), h, short_metric(m)) for m in TABLE_METRICS if m in set(part["metric"])
+             for k, h in (("improv", "Improv."), ("p", "p (Holm)"), ("d_z", "d_z"))], cell))
     return grids
 
 
 # ----------------------------------------------------------------------------- bootstrap intervals
 def ci_frame(recs: list[dict], store, metrics=TABLE_METRICS, n_boot: int = stats.N_BOOTSTRAP) -> pd.DataFrame:
+    """Every model's mean per dataset and metric with a percentile bootstrap interval over users."""
     rows = []
     for ds in dataset_order(recs):
         part = [r for r in recs if r["dataset"] == ds]
@@ -161,33 +175,29 @@ def _ci_grids(ci: pd.DataFrame, recs, ratios, protocol) -> list[Grid]:
     grids = []
     for ds in [d for d in dataset_order(recs) if d in set(ci["dataset"])]:
         part = ci[ci["dataset"] == ds]
-        metrics = [m for m in TABLE_METRICS if m in set(part["metric"])]
-        cell = {(r.model, r.metric): r for r in part.itertuples()}
-        rows = []
-        for model, _ in model_order(zip(part["model"], part["group"])):
-            row = [Cell(model)]
-            for m in metrics:
-                r = cell.get((model, m))
-                row.append(Cell("–") if r is None else Cell(f"{_num(r.mean)} [{_num(r.ci_low)}, {_num(r.ci_high)}]"))
-            rows.append(row)
+        found = {(r.model, r.metric): r for r in part.itertuples()}
+
+        def cell(model, metric):
+            r = found.get((model, metric))
+            return None if r is None else f"{fmt(r.mean)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
+
         ds_recs = [r for r in recs if r["dataset"] == ds]
         cap = (f"{ds}: test metrics (mean over users of the per-user vectors averaged over seeds) with 95% percentile "
                f"bootstrap intervals over users ({int(part['n_boot'].max())} resamples of "
                f"{int(part['n_users'].max())} users, the same draws for every model). The interval covers the "
-               f"sampling of users, not of seeds. " + _ratio_caption({ds: ratios[ds]}, ds_recs) + " "
+               f"sampling of users, not of seeds. " + ratio_caption({ds: ratios[ds]}, ds_recs) + " "
                + data_caption(ds_recs))
-        grids.append(Grid(f"95% bootstrap intervals, {ds}", cap, ["Model"] + [short_metric(m) for m in metrics], rows, 1,
-                          label=f"tab:{protocol}-ci-{_slug(ds)}"))
+        grids.append(build_grid(
+            f"95% bootstrap intervals, {ds}", cap, f"tab:{protocol}-ci-{slug(ds)}", ["Model"],
+            [([model], model) for model, _ in model_order(zip(part["model"], part["group"]))],
+            [Column(m, short_metric(m)) for m in TABLE_METRICS if m in set(part["metric"])], cell))
     return grids
 
 
 # ----------------------------------------------------------------------------- selection optimism
 def selection_frame(records: list[dict], job_protocol: str, ratios: dict, metrics=SELECTION_METRICS) -> pd.DataFrame:
     """Per (dataset, model, metric): ours vs picking the grid setting by test vs picking the epoch by test."""
-    from benchmarks.report.tables import same_ratio
-    from benchmarks.report.axes import primary_records
-
-    recs = [r for r in _unique_jobs(records) if r.get("protocol") == job_protocol and r.get("status") == "ok"
+    recs = [r for r in unique_jobs(records) if r.get("protocol") == job_protocol and r.get("status") == "ok"
             and r["dataset"] in ratios and same_ratio(r.get("missing_ratio", 0.0), ratios[r["dataset"]])]
     recs, _ = primary_records(recs)
     groups: dict[str, list[dict]] = {}
@@ -199,10 +209,10 @@ def selection_frame(records: list[dict], job_protocol: str, ratios: dict, metric
         vmetric = str(first.get("config", {}).get("valid_metric", "recall@20")).lower()
         ours = max(settings, key=lambda r: r.get("valid", {}).get(vmetric, float("-inf")))
         for m in metrics:
-            if not _finite((ours.get("test") or {}).get(m)):
+            if not finite((ours.get("test") or {}).get(m)):
                 continue
-            by_test = max(float(r["test"][m]) for r in settings if _finite((r.get("test") or {}).get(m)))
-            curve = [float(p[f"test_{m}"]) for r in settings for p in r.get("curve") or () if _finite(p.get(f"test_{m}"))]
+            by_test = max(float(r["test"][m]) for r in settings if finite((r.get("test") or {}).get(m)))
+            curve = [float(p[f"test_{m}"]) for r in settings for p in r.get("curve") or () if finite(p.get(f"test_{m}"))]
             per_seed.append({"dataset": first["dataset"], "model": first["model"], "group": first.get("group", "?"),
                              "metric": m, "seed": first.get("seed"), "ours": float(ours["test"][m]),
                              "grid_by_test": by_test, "epoch_by_test": max(curve + [by_test]),
@@ -219,30 +229,31 @@ def selection_frame(records: list[dict], job_protocol: str, ratios: dict, metric
 
 
 def _selection_grid(sel: pd.DataFrame, recs, protocol) -> Grid:
-    metrics = [m for m in SELECTION_METRICS if m in set(sel["metric"])]
-    headers, spans = ["dataset", "Model", "grid size"], []
-    for m in metrics:
-        spans.append((short_metric(m), 3))
-        headers += ["ours (valid)", "setting by test", "epoch by test"]
-    cell = {(r.dataset, r.model, r.metric): r for r in sel.itertuples()}
+    found = {(r.dataset, r.model, r.metric): r for r in sel.itertuples()}
     rows = []
     for ds in [d for d in dataset_order(recs) if d in set(sel["dataset"])]:
         part = sel[sel["dataset"] == ds]
         for model, _ in model_order(zip(part["model"], part["group"])):
             size = int(part[part["model"] == model]["grid_size"].max())
-            row = [ds, model, str(size)]
-            for m in metrics:
-                r = cell.get((ds, model, m))
-                if r is None:
-                    row += ["–"] * 3
-                    continue
-                row += [_num(r.ours), f"{_num(r.grid_by_test)} ({r.grid_optimism_pct:+.1f}%)",
-                        f"{_num(r.epoch_by_test)} ({r.epoch_optimism_pct:+.1f}%)"]
-            rows.append(row)
+            rows.append(([ds, model, str(size)], (ds, model)))
+
+    def cell(key, col):
+        r = found.get(key + (col[0],))
+        if r is None:
+            return None
+        if col[1] == "ours":
+            return fmt(r.ours)
+        if col[1] == "grid":
+            return f"{fmt(r.grid_by_test)} ({r.grid_optimism_pct:+.1f}%)"
+        return f"{fmt(r.epoch_by_test)} ({r.epoch_optimism_pct:+.1f}%)"
+
     cap = ("Selection optimism. ours (valid): the grid setting with the best validation metric, test metric at its best "
            "validation epoch (what every table reports). setting by test: the official rule, the grid setting with "
            "the best test metric (a leak). epoch by test: the best test metric over every evaluated epoch of every "
            "setting (training curve, 4 decimals). In parentheses: the optimism over ours. Per seed, then the mean "
            "over seeds; a grid of size 1 has no setting to pick. " + data_caption(recs))
-    return Grid("Selection optimism: picking by test vs by validation", cap, headers, rows, 3, spans,
-                label=f"tab:{protocol}-selection")
+    return build_grid("Selection optimism: picking by test vs by validation", cap, f"tab:{protocol}-selection",
+                      ["dataset", "Model", "grid size"], rows,
+                      [Column((m, k), h, short_metric(m)) for m in SELECTION_METRICS if m in set(sel["metric"])
+                       for k, h in (("ours", "ours (valid)"), ("grid", "setting by test"), ("epoch", "epoch by test"))],
+                      cell)

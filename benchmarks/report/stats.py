@@ -1,6 +1,10 @@
-"""Statistics of the reports: paired tests, Holm's correction, bootstrap intervals, effect sizes.
+"""Statistics of the reports: means over seeds, paired tests and their marks, Holm's correction,
+bootstrap intervals, effect sizes.
 
-* ``paired_t``: two-sided paired t-test (``scipy.stats.ttest_rel``) of per-user vectors.
+* ``seed_aggregate``: mean, sample standard deviation (ddof=1; NaN for one seed), count and the
+  seeds of a tidy frame's values per key.
+* ``paired_t``: two-sided paired t-test (``scipy.stats.ttest_rel``) of per-user vectors;
+  ``significance_mark`` its mark (** p<0.01, * p<0.05, n.s. otherwise).
 * ``holm``: Holm's step-down adjustment of a family of p-values (the proposed model against
   every baseline is one family per dataset and metric): sort ascending, multiply the i-th
   smallest (1-based) by ``m - i + 1``, keep the running maximum, cap at 1. Rejecting where the
@@ -15,13 +19,42 @@
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pandas as pd
 from scipy import stats as sps
 
 N_BOOTSTRAP = 1000
 CI_LEVEL = 0.95
 BOOTSTRAP_SEED = 2025
 _CHUNK = 250
+SIG_LEVELS = ((0.01, "**"), (0.05, "*"))
+
+
+def finite(x) -> bool:
+    """Whether ``x`` is a finite number (None, text and NaN are not)."""
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def sample_sd(values) -> float:
+    """Sample standard deviation (ddof=1); NaN for fewer than two values."""
+    v = np.asarray(list(values), dtype=float)
+    return float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+
+
+def seed_aggregate(df: pd.DataFrame, keys: list[str], value: str = "value") -> pd.DataFrame:
+    """mean, sample std, n and the seeds (space-separated, sorted) of ``value`` per ``keys``."""
+    if df.empty:
+        return pd.DataFrame(columns=keys + ["mean", "std", "n", "seeds"])
+    g = df.groupby(keys, sort=False)
+    out = g[value].agg(mean="mean", std=sample_sd, n="count").reset_index()
+    seeds = g["seed"].agg(lambda s: " ".join(str(x) for x in sorted(s))).reset_index(drop=True)
+    out["seeds"] = seeds.to_numpy()
+    return out
 
 
 def paired_t(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -31,6 +64,15 @@ def paired_t(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         return float("nan"), float("nan")
     res = sps.ttest_rel(a, b)
     return float(res.statistic), float(res.pvalue)
+
+
+def significance_mark(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return "n.s."
+    for level, mark in SIG_LEVELS:
+        if p < level:
+            return mark
+    return "n.s."
 
 
 def holm(pvalues) -> np.ndarray:
