@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from benchmarks.core.protocols import impute_features
 from benchmarks.run.config import expand_grid, resolve
@@ -26,8 +25,9 @@ from models.task import EvalSet, Task
 N_USERS, N_ITEMS = 10, 28
 NEW = (24, 25, 26, 27)
 DIMS = {"v": 6, "t": 5, "a": 4}
-# Each modality misses four items (their imputed rows are identical): kNN graphs use k >= 5 so
-# that a missing item's own row never has to choose among its identical twins.
+# Each modality misses four items (their imputed rows are identical): the kNN graphs of the tests
+# mostly use k = 5, so that a missing item's own row never has to choose among its identical
+# twins (``topk_mask`` checks every selection).
 GROUPS = {
     2: {"v": [3, 25], "t": [5, 14], "all": [9, 26]},
     3: {"v": [3], "t": [5], "a": [7], "tv": [25], "ta": [14], "va": [12], "all": [26]},
@@ -37,15 +37,16 @@ IMPUTED_FIRST = 0.05
 
 
 def interactions(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Every user interacts with 6 distinct items; every user keeps at least 4 old items."""
+    """Training pairs: every item has at least one user (no item of degree 0, whose normalised
+    graph entries would be ~1e7-scale artefacts), every user at least 4 old items."""
     rng = np.random.default_rng(seed)
-    users, items = [], []
+    pairs = {(int(rng.integers(N_USERS)), i) for i in range(N_ITEMS)}
     for u in range(N_USERS):
-        old = rng.choice(24, size=4, replace=False)
-        extra = rng.choice(np.setdiff1d(np.arange(N_ITEMS), old), size=2, replace=False)
-        for i in np.concatenate([old, extra]):
-            users.append(u)
-            items.append(int(i))
+        old = {i for v, i in pairs if v == u and i not in NEW}
+        while len(old) < 4:
+            old.add(int(rng.integers(N_ITEMS - len(NEW))))
+        pairs |= {(u, i) for i in old}
+    users, items = zip(*sorted(pairs))
     return np.array(users), np.array(items)
 
 
@@ -228,24 +229,27 @@ def knn(x: torch.Tensor, k: int, before=None, after=None, normalise: bool = True
     row and column after the top-k and get a self-loop of 1.
     """
     s = cosine(x)
-    n = s.shape[0]
     if before is not None and np.any(before):
-        b = torch.as_tensor(np.asarray(before), dtype=torch.bool)
-        s[b] = 0.0
-        s[:, b] = 0.0
-        s[b, b] = 1.0
+        s = self_loops_only(s, before)
     g = torch.where(topk_mask(s, k), s, torch.zeros_like(s))
     if after is not None and np.any(after):
-        a = torch.as_tensor(np.asarray(after), dtype=torch.bool)
-        g[a] = 0.0
-        g[:, a] = 0.0
-        idx = torch.nonzero(a).squeeze(1)
-        g[idx, idx] = 1.0
+        g = self_loops_only(g, after)
     if not normalise:
         return g
     deg = g.sum(1)
     d = torch.where(deg > 0, deg.clamp(min=1e-7).pow(-0.5), torch.zeros_like(deg))
     return d[:, None] * g * d[None, :]
+
+
+def self_loops_only(s: torch.Tensor, flagged) -> torch.Tensor:
+    """``s`` with the rows and columns of flagged items zeroed and a 1 on their diagonal."""
+    f = torch.as_tensor(np.asarray(flagged), dtype=torch.bool)
+    s = s.clone()
+    s[f] = 0.0
+    s[:, f] = 0.0
+    idx = torch.nonzero(f).squeeze(1)
+    s[idx, idx] = 1.0
+    return s
 
 
 def without(g: torch.Tensor, flagged) -> torch.Tensor:
@@ -312,8 +316,10 @@ def assert_loss_and_grads(model, batch, oracle, grad_keys=("user_embedding",), r
     return {k: float(torch.as_tensor(v).detach()) for k, v in terms.items()}
 
 
-def assert_terms_matter(terms: dict, weights: dict, total: float, share: float = 1e-3) -> None:
-    """Every weighted term moves the total by more than ``share`` of it, so that dropping or
-    mis-weighting any one of them is far outside the comparison's tolerance."""
+def assert_terms_matter(terms: dict, weights: dict, main: str = "bpr", share: float = 1e-3) -> None:
+    """Every weighted term moves the total (``terms[main]`` + Σ weight · term) by more than
+    ``share`` of it, so that dropping or mis-weighting any one of them is far outside the
+    comparison's tolerance."""
+    total = terms[main] + sum(w * terms[name] for name, w in weights.items())
     for name, w in weights.items():
         assert abs(w * terms[name]) > share * abs(total), (name, w * terms[name], total)

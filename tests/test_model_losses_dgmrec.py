@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from dense_oracle import (PROTOCOLS, bpr, build, fixed_batch, hand_task, interaction_matrix, joint, knn, lightgcn,
-                          linear, nce, params64, sym_norm, unit)
+                          linear, move_parameters, nce, params64, sym_norm, unit)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,16 +25,20 @@ CASES = [(n, p) for n in (2, 3) for p in PROTOCOLS]
 IDS = [f"{n}mod-{p}" for n, p in CASES]
 OPTIONAL = ("interModal", "intraModal", "alignBM", "recon", "sampler", "additive")
 # Weights such that every term moves the total far beyond the tolerance (the CLUB bound of these
-# tiny tasks is of order 1e-3, hence its large weight).
-WEIGHTS = dict(interModal=0.5, intraModal=0.3, alignBM=0.4, recon=0.6, sampler=200.0, additive=0.8)
+# tiny, untrained tasks is a sampled difference of order 1e-4 to 1e-3, hence its large weight).
+WEIGHTS = dict(interModal=0.5, intraModal=0.3, alignBM=0.4, recon=0.6, sampler=1000.0, additive=0.8)
 SMALL = dict(embedding_size=4, knn_k=5, n_mm_layers=2, reg=0.5, cf_reg=0.2, perturb_scale=0.1, club_hidden=8,
              club_steps=2, club_batch=16, interModalTemp=0.4, intraModalTemp=0.2, alignBMTemp=0.3)
-SEED = 13
+SEED = 14
 
 
 def setup(n_mod, protocol, pre_epoch=True, **sets):
     task = hand_task(n_mod, protocol)
     model, cfg = build("DGMRec", task, **{**SMALL, **WEIGHTS, **sets})
+    # Away from initialisation: larger user vectors (larger filters, so the CLUB bound is not a
+    # near-cancellation) and feature tables whose identical imputed rows have become distinct.
+    move_parameters(model, ["user_embedding"], scale=0.5)
+    move_parameters(model, [f"feat_{m}" for m in task.modalities], scale=0.05, seed=1)
     if pre_epoch:
         torch.manual_seed(4)
         model.pre_epoch(0)  # as the engine runs it before the first epoch
@@ -168,7 +172,7 @@ def test_every_term_and_the_total(n_mod, protocol):
     want = terms(p)
     assert set(got) == set(want) == {"bpr", "reg", *OPTIONAL}
     for name in want:
-        assert abs(value(got[name]) - value(want[name])) <= 1e-5 * abs(value(want[name])), name
+        assert abs(value(got[name]) - value(want[name])) <= 1e-5 * abs(value(want[name])) + 1e-8, name
     torch.manual_seed(SEED)
     loss = model.calculate_loss(*batch)
     expect = total(want, cfg)
