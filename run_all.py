@@ -25,7 +25,8 @@ from benchmarks.run.runner import RunOptions, execute, gpu_worker_slots, plan, p
 from benchmarks.run.jobs import DEFAULT_DATA_ROOT
 from benchmarks.run.store import ResultStore
 from data_prep.errors import DataError
-from models.registry import UnknownModelError, entries, names
+from benchmarks.run.discovery import model_entries, model_names
+from models.registry import UnknownModelError
 
 DEFAULT_DATASETS = ("baby", "sports", "clothing", "tiktok")
 # Without real data, the default run trains every model to early stopping on one two-modality and
@@ -96,8 +97,9 @@ def default_datasets(args) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.list_models:
-        width = max(len(n) for n in names())
-        for e in entries():
+        entries = model_entries()
+        width = max(len(e.name) for e in entries)
+        for e in entries:
             print(f"{e.name:<{width}}  {e.group}")
         return 0
     try:
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
         except ValueError:
             raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
         protocols = [p for p in PAPER_PROTOCOL_NAMES if p in PROTOCOLS] if args.protocol == "all" else [args.protocol]
-        models = _csv(args.models) or names()
+        models = _csv(args.models) or model_names()
         sets = parse_sets(args.sets)
         devices, run_pending = _backend(args, sets)
         opts = RunOptions(protocols=protocols, datasets=_csv(args.datasets) or default_datasets(args), models=models,

@@ -1,7 +1,8 @@
-"""The framework: protocols, training loop, evaluation, runner, results store and reports."""
+"""The harness around the models: ``core`` (protocols, trainer, evaluation), ``run`` (jobs, runner,
+store), ``report`` (tables, statistics, figures) and ``experiments`` (fidelity and cost scripts)."""
 
 
 def registry_entry(name: str):
-    """The registered model ``name`` (imports every model package once)."""
-    from models.registry import get
-    return get(name)
+    """The registered model ``name``, every model package imported (``benchmarks.run.discovery``)."""
+    from benchmarks.run.discovery import registry_entry as entry
+    return entry(name)

@@ -40,7 +40,7 @@ from tabulate import tabulate
 from benchmarks.experiments.bench_common import REFERENCE, official_records, publish
 from benchmarks.run.runner import RunOptions, execute, plan
 from benchmarks.run.store import ResultStore
-from models.registry import names
+from benchmarks.run.discovery import model_names as names
 
 
 def official_costs() -> dict[str, dict]:

@@ -165,7 +165,7 @@ def curve_comparison(ours: dict, official: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    from models.registry import PAPER_ORDER
+    from benchmarks.report.presentation import PAPER_ORDER
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=None, help="comma-separated; default: every model with an official figure")
     ap.add_argument("--seeds", default="999,42,2023")

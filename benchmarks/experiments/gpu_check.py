@@ -169,7 +169,7 @@ def phase_correctness(device, models, clock, out: Path, smoke: bool) -> list[dic
     from benchmarks.experiments.host_sync import audit_model
     from benchmarks.experiments.leakage import check_leak
     from data_prep.synthetic import make_replica
-    from models.registry import get
+    from benchmarks.run.discovery import registry_entry as get
     data = {k: make_replica(k, scale=0.02, seed=7) for k in ("baby", "tiktok")}
     rows, graph_rows, left = [], [], []
     for model in models:
@@ -399,7 +399,7 @@ def main(argv=None) -> int:
     if args.child_bench:
         return _child_bench(args.child_bench)
     from benchmarks.run.jobs import pick_device
-    from models.registry import names
+    from benchmarks.run.discovery import model_names as names
     try:
         device = str(pick_device(args.device))
     except ValueError as exc:

@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from models.registry import PAPER_ORDER  # noqa: E402
+from benchmarks.report.presentation import PAPER_ORDER  # noqa: E402
 
 from benchmarks.report.tables import model_order  # noqa: E402  (one ordering for tables and figures)
 

@@ -39,7 +39,8 @@ from scipy import stats as sps
 from tabulate import tabulate
 
 from data_prep.errors import DataError
-from models.registry import GROUPS, PAPER_ORDER
+from models.registry import GROUPS
+from benchmarks.report.presentation import PAPER_ORDER
 
 from benchmarks.report import axes as report_axes
 from benchmarks.run.store import ResultStore

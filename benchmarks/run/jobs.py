@@ -196,7 +196,7 @@ def run_job(spec: dict, on_epoch=None) -> dict:
     """Train and evaluate one job; always returns a record (``status`` ok or failed).
 
     ``on_epoch(point)`` is called after every epoch with the epoch's curve point (progress display)."""
-    from benchmarks import registry_entry
+    from benchmarks.run.discovery import registry_entry
     from models.cache import ArtifactCache
     from benchmarks.core.engine import TrainingFailure, seed_everything, train_and_evaluate
     from benchmarks.core.protocols import get_protocol

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import registry_entry
+from benchmarks.run.discovery import registry_entry
 from benchmarks.run.config import check_sets, check_values, expand_grid, resolve
 from benchmarks.run.jobs import DEFAULT_DATA_ROOT, PAPER_DATASETS, DatasetRef, code_version, job_id, load_dataset, resolve_dataset, run_job, spec_dict
 from benchmarks.run.progress import ProgressBoard, QueueDrain, job_label
