@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
 from benchmarks.run.config import ConfigError, parse_sets
+from benchmarks.run.devices import parse_device
 from benchmarks.core.protocols import ALL_PROTOCOL_NAMES, PAPER_PROTOCOL_NAMES, PROTOCOLS, ProtocolError
 from benchmarks.run.ray_backend import RayBackendError  # does not import Ray
 from benchmarks.report.tables import present_protocols, write_report
@@ -165,8 +165,7 @@ def main(argv=None) -> int:
 def _backend(args, sets: dict):
     """Apply --device to the configuration; return (local GPU worker slots or None, the Ray runner or None)."""
     if args.device is not None:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
-            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+        parse_device(args.device, "--device")
         if "device" in sets and str(sets["device"]) != args.device:
             raise ValueError(f"--device {args.device} contradicts --set device={sets['device']}")
         sets["device"] = args.device
@@ -179,7 +178,7 @@ def _backend(args, sets: dict):
         from benchmarks.run.ray_backend import RayBackend, import_ray
         import_ray()  # fail now, with the install hint, if Ray is missing
         return None, RayBackend(address=args.address).run
-    slots = gpu_worker_slots(sets.get("device", "auto"), args.jobs_per_gpu)  # validates --device here
+    slots = gpu_worker_slots(sets.get("device", "auto"), args.jobs_per_gpu)  # checks the device request here
     return (slots if args.jobs > 0 else None), None
 
 

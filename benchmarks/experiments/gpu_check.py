@@ -398,10 +398,10 @@ def main(argv=None) -> int:
         return _child_replica(args.child_replica)
     if args.child_bench:
         return _child_bench(args.child_bench)
-    from benchmarks.run.jobs import pick_device
+    from benchmarks.run.devices import resolve_device
     from benchmarks.run.discovery import model_names as names
     try:
-        device = str(pick_device(args.device))
+        device = str(resolve_device(args.device))
     except ValueError as exc:
         raise SystemExit(str(exc))
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]

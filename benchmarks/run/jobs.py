@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.run.devices import resolve_device
 from data_prep.dataset import Dataset, load_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -164,15 +165,6 @@ class PeakMemory:
         return round(self.start / 2 ** 20, 1)
 
 
-def pick_device(name) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return dev
-
-
 def check_device_memory(model, device: torch.device) -> None:
     """Refuse a job up front on a GPU that cannot hold even its model: what is allocated once the
     task and model are built, plus a gradient and Adam's two moments per trainable parameter, is a
@@ -213,7 +205,7 @@ def run_job(spec: dict, on_epoch=None) -> dict:
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     with PeakMemory() as mem, _restored(threads, deterministic):
         try:
-            device = pick_device(cfg.get("device"))
+            device = resolve_device(cfg.get("device"))
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
                 # Full float32 products unless the job asks for TF32 (set per job: a worker runs many)

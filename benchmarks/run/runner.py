@@ -20,6 +20,7 @@ from pathlib import Path
 
 from benchmarks.run.discovery import registry_entry
 from benchmarks.run.config import check_sets, check_values, expand_grid, resolve
+from benchmarks.run.devices import parse_device, resolve_device
 from benchmarks.run.jobs import DEFAULT_DATA_ROOT, PAPER_DATASETS, DatasetRef, code_version, job_id, load_dataset, resolve_dataset, run_job, spec_dict
 from benchmarks.run.progress import ProgressBoard, QueueDrain, job_label
 from benchmarks.core.protocols import GENERATOR_MODEL, check_axes, get_protocol
@@ -363,27 +364,15 @@ def gpu_worker_slots(device: str | None, jobs_per_gpu: int = 1, gpu_count: int |
     With G visible GPUs and ``device`` auto or cuda: G*K slots, slot s on ``cuda:{s % G}``;
     ``cuda:N``: K slots on GPU N; ``cpu``, or auto without a GPU: None.
     """
-    import re
-
     import torch
     if jobs_per_gpu < 1:
         raise ValueError(f"--jobs-per-gpu must be >= 1, got {jobs_per_gpu}")
-    device = str(device or "auto")
-    m = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", device)
-    if not m or (m.group(2) is not None and m.group(1) != "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if m.group(1) == "cpu":
-        return None
     gpus = torch.cuda.device_count() if gpu_count is None else gpu_count
-    if gpus == 0:
-        if m.group(1) == "cuda":
-            raise ValueError(f"device {device!r} requested but no CUDA GPU is visible")
+    resolved = resolve_device(device, gpus)
+    if resolved.type == "cpu":
         return None
-    if m.group(2) is not None:
-        index = int(m.group(2))
-        if index >= gpus:
-            raise ValueError(f"device {device!r} requested but only {gpus} GPU(s) are visible (cuda:0..cuda:{gpus - 1})")
-        return [device] * jobs_per_gpu
+    if resolved.index is not None:
+        return [str(resolved)] * jobs_per_gpu
     return [f"cuda:{s % gpus}" for s in range(gpus * jobs_per_gpu)]
 
 
@@ -398,8 +387,7 @@ def _slot_worker_init(threads: int, progress_queue, slots) -> None:
 
 def _run_on_slot(spec: dict) -> dict:
     """Run a job on this worker's device (a job configured for the CPU stays there)."""
-    device = str(spec["config"].get("device") or "auto")
-    if _SLOT_DEVICE is not None and (device == "auto" or device.startswith("cuda")):
+    if _SLOT_DEVICE is not None and parse_device(spec["config"].get("device"))[0] != "cpu":
         spec = dict(spec, config=dict(spec["config"], device=_SLOT_DEVICE))
     return _run_reporting(spec)
 
