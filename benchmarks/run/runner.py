@@ -15,13 +15,14 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.run.discovery import registry_entry
 from benchmarks.run.config import check_sets, check_values, expand_grid, resolve
 from benchmarks.run.devices import parse_device, resolve_device
-from benchmarks.run.jobs import DEFAULT_DATA_ROOT, PAPER_DATASETS, DatasetRef, code_version, job_id, load_dataset, resolve_dataset, run_job, spec_dict
+from benchmarks.run.jobs import (DEFAULT_DATA_ROOT, PAPER_DATASETS, RECORD_FIELDS, code_version, job_id, load_dataset,
+                                 resolve_dataset, run_job)
 from benchmarks.run.progress import ProgressBoard, QueueDrain, job_label
 from benchmarks.core.protocols import GENERATOR_MODEL, check_axes, get_protocol
 from benchmarks.run.store import ResultStore
@@ -155,14 +156,16 @@ def _job_specs(entry, proto, ref, cfg: dict, ratio: float, seed: int, fingerprin
         settings = settings[:int(cfg["grid_limit"])]
     out = []
     for setting in settings:
-        setting = dict(setting, seed=seed, missing_ratio=ratio)
-        identity = dict(group_identity, config=identity_config(setting))
+        # The job's seed and ratio are spec fields, not configuration; its identity hashes them
+        # inside the configuration, where they always were, so that job ids stay what they were.
+        config = {k: v for k, v in setting.items() if k != "missing_ratio"}
+        identity = dict(group_identity, config=identity_config(dict(config, seed=seed, missing_ratio=ratio)))
         out.append({
             "job_id": job_id(identity), "grid_group": job_id(group_identity),
             "grid_keys": setting["grid_keys"], "grid_size": len(settings),
             "model": entry.name, "group": entry.group, "dataset": ref.name,
-            "dataset_kind": ref.kind, "data_source": ref.source, "dataset_ref": spec_dict(ref),
-            "protocol": proto.job_protocol, "missing_ratio": ratio, "seed": seed, "config": setting,
+            "dataset_kind": ref.kind, "data_source": ref.source, "dataset_ref": asdict(ref),
+            "protocol": proto.job_protocol, "missing_ratio": ratio, "seed": seed, "config": config,
             "fingerprint": fingerprint, "code_version": version,
             "results_dir": opts.results_dir, "cache_dir": opts.cache_dir, **extra,
         })
@@ -332,9 +335,7 @@ def _run_reporting(spec: dict) -> dict:
 
 
 def _crash_record(spec: dict) -> dict:
-    rec = {k: spec[k] for k in ("job_id", "grid_group", "model", "group", "dataset", "dataset_kind", "data_source",
-                                "protocol", "missing_ratio", "seed", "fingerprint", "code_version", "grid_keys",
-                                "grid_size", "config")}
+    rec = {k: spec[k] for k in RECORD_FIELDS}
     rec.update(status="failed", error="the worker process died twice while running this job "
                                       "(killed, or out of memory at the operating-system level)")
     return rec
