@@ -5,6 +5,8 @@ import pytest
 import torch
 
 import run_all
+from benchmarks import experiment
+from benchmarks.report import tables
 from benchmarks.run import runner
 from benchmarks.run.runner import RunOptions, gpu_worker_slots, plan
 
@@ -73,9 +75,9 @@ def test_worker_takes_one_slot_and_runs_its_jobs_there(monkeypatch):
 
 def test_cli_device_and_jobs_per_gpu(monkeypatch, tmp_path, gpus, capsys):
     calls = []
-    monkeypatch.setattr(run_all, "execute", lambda jobs, store, **kw: calls.append((jobs, kw)) or
+    monkeypatch.setattr(experiment, "execute", lambda jobs, store, **kw: calls.append((jobs, kw)) or
                         {"planned": len(jobs), "skipped": 0, "ok": 0, "failed": 0})
-    monkeypatch.setattr(run_all, "write_report", lambda *a, **k: [])
+    monkeypatch.setattr(tables, "write_report", lambda *a, **k: [])
     base = ["--datasets", "synthetic:tiktok", "--models", "MFBPR", "--quick", "--scale", "0.03", "--seeds", "1",
             "--data-root", str(tmp_path), "--results-dir", str(tmp_path / "r"), "--no-progress"]
     gpus(2)
