@@ -193,11 +193,16 @@ def fill_features(dataset: Dataset, missing: dict, method: str, new_items: np.nd
 
     if cache is None or method in ("zero", "mean", "generated") or not any(missing[m].any() for m in missing):
         return build()
+
+    def build_arrays():  # the cache stores arrays: each table with its two counts
+        return {m: [f.x, np.array([f.n_filled, f.n_fallback])] for m, f in build().items()}
+
     masked = [np.where(missing[m][:, None], np.float32(0), dataset.features[m]) for m in dataset.modalities]
     key = {"features": sha256_arrays(*masked), "missing": sha256_arrays(*[missing[m] for m in dataset.modalities]),
            "train": sha256_arrays(*[np.asarray(t) for t in train]), "new_items": sha256_arrays(new_items),
            "method": method, "params": params.__dict__}
-    return cache.get_or_build("imputed", key, build)
+    stored = cache.get_or_build("imputed", key, build_arrays)
+    return {m: imp.Filled(x, int(counts[0]), int(counts[1])) for m, (x, counts) in stored.items()}
 
 
 def item_groups(missing: dict, new_items: np.ndarray, train_counts: np.ndarray) -> dict[str, np.ndarray]:
