@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from data_prep.modalities import Modalities
 from models.cache import ArtifactCache
 
 
@@ -65,20 +66,17 @@ class Task:
     """Everything a model may use for one (dataset, protocol, ratio) job."""
 
     dataset: str
-    dataset_kind: str
-    protocol: str
     n_users: int
     n_items: int
     train_users: np.ndarray  # training rows, in file order
     train_items: np.ndarray
     features: dict[str, torch.Tensor]  # modality -> (n_items, D); masked rows already imputed
-    modalities: tuple[str, ...]
+    modalities: Modalities  # the modalities the masks speak of (also for a task without feature tables)
     missing: dict[str, np.ndarray]  # modality -> bool (n_items,), True where the modality is masked
     mask_groups: dict[str, np.ndarray]  # raw groups ('t', 'v', 'all', ...) -> item ids
     new_items: np.ndarray  # bool (n_items,); all False outside the new-item protocol
     valid: EvalSet
     test: EvalSet
-    missing_ratio: float = 0.0
     imputation: str = "mean"
     extra_eval: dict[str, EvalSet] = field(default_factory=dict)  # evaluated at each best-valid epoch
     device: torch.device = torch.device("cpu")
@@ -91,6 +89,9 @@ class Task:
     imputation_info: dict = field(default_factory=dict)  # modality -> {"filled": rows, "fallback": rows}
     # missing_mechanism test_only: the masked task the test passes score (this task is complete)
     test_task: "Task | None" = None
+
+    def __post_init__(self):
+        self.modalities = Modalities(self.modalities)
 
     @property
     def missing_modal(self) -> bool:
@@ -114,9 +115,6 @@ class Task:
 
     def user_degree(self) -> np.ndarray:
         return np.bincount(self.train_users, minlength=self.n_users)
-
-    def observed(self, modality: str) -> np.ndarray:
-        return ~self.missing[modality]
 
     def cached(self, kind: str, params: dict, inputs: tuple[str, ...], build):
         """A derived artefact keyed by the content hashes named in ``inputs`` plus ``params``.

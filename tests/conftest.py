@@ -2,6 +2,11 @@
 import pytest
 import torch
 
+from benchmarks.run.discovery import discover
+
+# Every test sees every model of the model packages registered, as the runner does.
+discover()
+
 
 @pytest.fixture(scope="module")
 def one_thread():

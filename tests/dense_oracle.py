@@ -19,6 +19,7 @@ import torch
 from benchmarks.core.protocols import impute_features
 from benchmarks.run.config import expand_grid, resolve
 from data_prep.masks import per_modality_missing
+from data_prep.modalities import Modalities
 from models import registry
 from models.task import EvalSet, Task
 
@@ -76,9 +77,9 @@ def hand_task(n_mod: int, protocol: str = "missing", seed: int = 0) -> Task:
         raw = np.concatenate([np.full((N_ITEMS, 1), IMPUTED_FIRST), z], axis=1).astype(np.float32)
         feats[m] = torch.from_numpy(impute_features(raw, missing[m], "mean", exclude=new if new.any() else None))
     ev = EvalSet.from_pairs("valid", np.array([0, 1]), np.array([users[users == 0][0], users[users == 1][0]]))
-    return Task(dataset="hand", dataset_kind="baby" if n_mod == 2 else "tiktok", protocol=protocol,
-                n_users=N_USERS, n_items=N_ITEMS, train_users=users, train_items=items, features=feats,
-                modalities=mods, missing=missing, mask_groups=groups, new_items=new, valid=ev, test=ev)
+    return Task(dataset="baby" if n_mod == 2 else "tiktok", n_users=N_USERS, n_items=N_ITEMS,
+                train_users=users, train_items=items, features=feats,
+                modalities=Modalities(mods), missing=missing, mask_groups=groups, new_items=new, valid=ev, test=ev)
 
 
 def fixed_batch(task: Task, seed: int = 0, size: int = 14):
@@ -102,10 +103,10 @@ def build(name: str, task: Task, seed: int = 0, **sets):
     """The registered model on ``task`` with its registered defaults (the dataset kind's best
     values, the quick layer) and ``sets`` on top; every key of ``sets`` must be a known key."""
     entry = registry.get(name)
-    cfg = resolve(entry, task.dataset_kind, {}, quick=True)
+    cfg = resolve(entry, task.dataset, {}, quick=True)
     unknown = sorted(set(sets) - set(cfg))
     assert not unknown, f"{name}: unknown config keys {unknown}"
-    cfg = expand_grid(resolve(entry, task.dataset_kind, sets, quick=True), entry.cls.list_params)[0]
+    cfg = expand_grid(resolve(entry, task.dataset, sets, quick=True), entry.cls.list_params)[0]
     torch.manual_seed(seed)
     model = entry.cls(cfg, task)
     model.train()

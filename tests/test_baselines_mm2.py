@@ -40,7 +40,8 @@ def tasks():
 
 def build(name, task, **sets):
     entry = registry.get(name)
-    cfg = expand_grid(resolve(entry, task.dataset_kind, sets, quick=True), entry.cls.list_params)[0]
+    kind = task.dataset.removeprefix("synthetic:")
+    cfg = expand_grid(resolve(entry, kind, sets, quick=True), entry.cls.list_params)[0]
     torch.manual_seed(0)
     return entry.cls(cfg, task), cfg
 

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 import run_all
+from benchmarks import experiment
+from benchmarks.report import writer
 from benchmarks.run import runner
 from benchmarks.run.runner import RunOptions, gpu_worker_slots, plan
 
@@ -73,9 +75,9 @@ def test_worker_takes_one_slot_and_runs_its_jobs_there(monkeypatch):
 
 def test_cli_device_and_jobs_per_gpu(monkeypatch, tmp_path, gpus, capsys):
     calls = []
-    monkeypatch.setattr(run_all, "execute", lambda jobs, store, **kw: calls.append((jobs, kw)) or
+    monkeypatch.setattr(experiment, "execute", lambda jobs, store, **kw: calls.append((jobs, kw)) or
                         {"planned": len(jobs), "skipped": 0, "ok": 0, "failed": 0})
-    monkeypatch.setattr(run_all, "write_report", lambda *a, **k: [])
+    monkeypatch.setattr(writer, "write_report", lambda *a, **k: [])
     base = ["--datasets", "synthetic:tiktok", "--models", "MFBPR", "--quick", "--scale", "0.03", "--seeds", "1",
             "--data-root", str(tmp_path), "--results-dir", str(tmp_path / "r"), "--no-progress"]
     gpus(2)
@@ -117,7 +119,7 @@ def test_worker_processes_run_jobs_on_their_slot_device(tmp_path):
     assert sorted(r["job_id"] for r in records) == sorted(j["job_id"] for j in jobs)
     for r in records:
         assert r["config"]["device"] in ("cuda:0", "cuda:1")
-        assert r["status"] == "failed" and "CUDA is not available" in r["error"]
+        assert r["status"] == "failed" and "no CUDA GPU is visible" in r["error"]
 
 
 def test_worker_threads_respects_omp_num_threads(monkeypatch):
@@ -148,3 +150,19 @@ def test_a_job_that_cannot_fit_the_gpu_is_refused_before_training(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=5 * gib + 10 ** 7))
     with pytest.raises(MemoryError, match=r"Linear needs at least 5\.0 GiB on cuda:0 .* the device has 5\.0 GiB"):
         check_device_memory(model, torch.device("cuda:0"))
+
+
+def test_a_device_request_is_resolved_once_to_a_torch_device(gpus):
+    from benchmarks.run.devices import parse_device, resolve_device
+    assert parse_device(None) == ("auto", None) and parse_device("cuda:3") == ("cuda", 3)
+    gpus(0)
+    assert resolve_device("auto") == resolve_device(None) == resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+        resolve_device("cuda")
+    gpus(2)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"only 2 GPU\(s\) are visible"):
+        resolve_device("cuda:2")
+    with pytest.raises(ValueError, match="--device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        parse_device("gpu", "--device")

@@ -53,7 +53,7 @@ def hand_task(n_mod: int, new=()) -> Task:
     feats = {m: torch.from_numpy(impute_features(rng.uniform(0.1, 1.0, (n_items, DIMS[m])).astype(np.float32),
                                                  missing[m], "mean", exclude=new_items)) for m in mods}
     ev = EvalSet.from_pairs("valid", np.array([0, 1, 2]), np.array([7, 8, 6]))
-    return Task(dataset="hand", dataset_kind="baby" if n_mod == 2 else "tiktok", protocol="missing",
+    return Task(dataset="baby" if n_mod == 2 else "tiktok",
                 n_users=n_users, n_items=n_items, train_users=users, train_items=items, features=feats,
                 modalities=mods, missing=missing, mask_groups=groups, new_items=new_items, valid=ev, test=ev)
 
@@ -64,7 +64,7 @@ def hand_model(n_mod: int, seed=0, new=(), **sets):
                 additive=1.0)
     base.update(sets)
     torch.manual_seed(seed)
-    return ENTRY.cls(config(task.dataset_kind, **base), task), task
+    return ENTRY.cls(config(task.dataset, **base), task), task
 
 
 # --------------------------------------------------------------------------- independent reference: every loss term, dense

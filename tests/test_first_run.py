@@ -9,6 +9,8 @@ import torch
 
 import run_all
 from baselines.itempop import ItemPop
+from benchmarks import experiment
+from benchmarks.report import writer
 from benchmarks.run.config import ConfigError, check_values, model_rule
 from benchmarks.run.runner import RunOptions, execute, plan
 from benchmarks.run.store import ResultStore
@@ -73,7 +75,7 @@ def test_stop_reason_says_when_the_epoch_budget_ran_out(tmp_path):
     ("device=gpu", "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
 ])
 def test_set_values_are_checked_before_any_job(value, message, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(run_all, "execute", lambda *a, **k: pytest.fail("a job started"))
+    monkeypatch.setattr(experiment, "execute", lambda *a, **k: pytest.fail("a job started"))
     code = run_all.main(["--set", value, "--models", "LightGCN", "--results-dir", str(tmp_path)] + TINY)
     assert code == 2
     assert message in capsys.readouterr().err
@@ -114,9 +116,9 @@ def test_a_data_root_that_does_not_exist_is_an_error(tmp_path, capsys):
 
 def test_quick_says_it_leaves_real_data_unused(tmp_path, capsys, monkeypatch):
     (tmp_path / "tiktok").mkdir()
-    monkeypatch.setattr(run_all, "execute", lambda jobs, store, **kw: {"planned": len(jobs), "skipped": 0, "ok": 0,
-                                                                       "failed": 0})
-    monkeypatch.setattr(run_all, "write_report", lambda *a, **k: [])
+    monkeypatch.setattr(experiment, "execute", lambda jobs, store, **kw: {"planned": len(jobs), "skipped": 0,
+                                                                          "ok": 0, "failed": 0})
+    monkeypatch.setattr(writer, "write_report", lambda *a, **k: [])
     assert run_all.main(["--data-root", str(tmp_path), "--datasets", "tiktok", "--models", "MFBPR", "--quick",
                          "--scale", "0.03", "--results-dir", str(tmp_path / "r"), "--no-progress"]) == 0
     out = capsys.readouterr().out

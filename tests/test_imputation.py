@@ -138,3 +138,26 @@ def test_params_from_config_defaults_and_errors():
         ImputationParams.from_config({"imputation_k": 0})
     with pytest.raises(ValueError, match="imputation_alpha must lie in"):
         ImputationParams.from_config({"imputation_alpha": 1.5})
+
+
+@pytest.mark.parametrize("method", ["ppr", "feature_knn"])
+def test_cached_imputations_are_served_from_the_artefact_cache(method, tmp_path):
+    """A method the protocol caches builds its tables once; a second job reads the same tables and
+    counts back from disk (a fresh cache object, as in another worker process)."""
+    from benchmarks.core.protocols import get_protocol
+    from baselines.vbpr import VBPR
+    from data_prep.synthetic import make_replica
+    from models.cache import ArtifactCache
+
+    ds = make_replica("baby", scale=0.02)
+    cfg = {"missing_imputation": method}
+    caches = [ArtifactCache(tmp_path), ArtifactCache(tmp_path)]
+    built, read = (get_protocol("missing").build_task(ds, cfg, VBPR, 0.666, cache=c) for c in caches)
+    uncached = get_protocol("missing").build_task(ds, cfg, VBPR, 0.666)
+    assert [how for k, _, how in caches[0].log if k == "imputed"] == ["miss"]
+    assert [how for k, _, how in caches[1].log if k == "imputed"] == ["hit"]
+    for task in (built, read):
+        assert task.imputation_info == uncached.imputation_info
+        assert task.imputation_info["v"]["filled"] > 0
+        for m in ds.modalities:
+            assert np.array_equal(task.features[m].numpy(), uncached.features[m].numpy())

@@ -52,7 +52,7 @@ class FixedScores(torch.nn.Module):
 
 
 def _task(train_u, train_i, n_users, n_items, eval_set):
-    return Task(dataset="t", dataset_kind="t", protocol="missing", n_users=n_users, n_items=n_items,
+    return Task(dataset="t", n_users=n_users, n_items=n_items,
                 train_users=np.array(train_u), train_items=np.array(train_i), features={}, modalities=(),
                 missing={}, mask_groups={}, new_items=np.zeros(n_items, bool), valid=eval_set, test=eval_set)
 

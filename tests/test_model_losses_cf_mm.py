@@ -24,6 +24,7 @@ import torch
 from benchmarks.core.protocols import impute_features
 from benchmarks.run.config import expand_grid, resolve
 from data_prep.masks import per_modality_missing
+from data_prep.modalities import Modalities
 from models import registry
 from models.task import EvalSet, Task
 
@@ -63,10 +64,9 @@ def hand_task(n_mod: int = 2, new_items: bool = False, masked: bool = True) -> T
                                                     missing[m], "mean", exclude=new)) for m in mods}
     pairs = [(u, i) for u, i in TRAIN if not new[i]]
     ev = EvalSet.from_pairs("valid", np.array([0, 1]), np.array([3, 0]))
-    return Task(dataset="hand", dataset_kind="baby" if n_mod == 2 else "tiktok",
-                protocol="new_items" if new_items else "missing", n_users=N_USERS, n_items=N_ITEMS,
+    return Task(dataset="baby" if n_mod == 2 else "tiktok", n_users=N_USERS, n_items=N_ITEMS,
                 train_users=np.array([p[0] for p in pairs]), train_items=np.array([p[1] for p in pairs]),
-                features=features, modalities=mods, missing=missing, mask_groups=groups, new_items=new,
+                features=features, modalities=Modalities(mods), missing=missing, mask_groups=groups, new_items=new,
                 valid=ev, test=ev)
 
 
@@ -75,9 +75,9 @@ def build(name: str, task: Task, seed: int = 0, **sets):
     applied (each must name a key the configuration has, or it would be ignored) and the first
     setting of any remaining grid."""
     entry = registry.get(name)
-    cfg = resolve(entry, task.dataset_kind, {})
+    cfg = resolve(entry, task.dataset, {})
     assert set(sets) <= set(cfg), f"unknown keys {set(sets) - set(cfg)}"
-    cfg = expand_grid(resolve(entry, task.dataset_kind, sets), entry.cls.list_params)[0]
+    cfg = expand_grid(resolve(entry, task.dataset, sets), entry.cls.list_params)[0]
     torch.manual_seed(seed)
     return entry.cls(cfg, task)
 

@@ -194,7 +194,7 @@ def test_group_metrics_and_exposure_against_a_hand_count():
     from benchmarks.core.evaluation import Evaluator
     from models.task import EvalSet, Task
     test = EvalSet.from_pairs("test", np.array([0, 0, 1, 1, 2]), np.array([1, 4, 2, 5, 3]))
-    task = Task("d", "baby", "missing", 3, 6, np.array([0, 1, 2]), np.array([0, 0, 0]), {}, (), {}, {},
+    task = Task("d", 3, 6, np.array([0, 1, 2]), np.array([0, 0, 0]), {}, (), {}, {},
                 np.zeros(6, bool), test, test)
     ev = Evaluator(task, topk=(2,), metrics=("recall",))
     groups = {"missing": np.array([0, 1, 0, 1, 0, 0], bool)}

@@ -1,4 +1,4 @@
-"""The shared training loop (spec section 3): one loop for every model.
+"""The shared training loop: one ``Trainer`` for every model.
 
 BPR batches with one uniform negative per row; Adam at ``learning_rate`` on the model's
 optimiser parameters; a per-epoch learning-rate factor ``g ** (epoch / s)`` from
@@ -103,130 +103,180 @@ def lr_factor(scheduler) -> callable:
     return lambda epoch: gamma ** (epoch / step)
 
 
-def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, progress=None,
-                       analyses: dict | None = None, test_time=None) -> TrainResult:
-    """Train ``model`` on ``task``; ``analyses`` (name -> object with ``capture(model)`` and
-    ``finalize(captured)``) capture what they need from the model at every best-validation
-    evaluation and are scored once at the end (e.g. cross-modal retrieval).
+@dataclass
+class Evaluation:
+    """One evaluation pass: validation on the trained model, test (and item groups) on the scorer."""
 
-    ``progress(point)``, when given, is called after every epoch with that epoch's curve point
-    (epoch, train loss and, on evaluation epochs, the validation metric and the best so far).
+    valid: dict
+    test: dict
+    test_per_user: dict
+    groups: object  # evaluation.GroupMetrics
+    scorer: object  # the model the test passes scored (the trained one, or its test-time copy)
 
-    Every test pass also scores the item groups of ``task.item_groups`` (``test_group_<name>``
-    and ``exposure`` in ``extra``). ``test_time`` (``benchmarks.core.masked_copy.MaskedCopy``, the
-    test_only mechanism): test passes score the trained weights on the masked task instead."""
-    epochs = int(config["epochs"])
-    eval_step = int(config["eval_step"])
-    stopping_step = int(config["stopping_step"])
-    batch_size = int(config["train_batch_size"])
-    valid_metric = str(config.get("valid_metric", "recall@20")).lower()
-    evaluator = Evaluator(task, topk=config["topk"], metrics=config["metrics"],
-                          batch_size=int(config["eval_batch_size"]))
-    if valid_metric not in {f"{m}@{k}" for m in evaluator.metrics for k in evaluator.topk}:
-        raise ValueError(f"valid_metric {valid_metric!r} is not among the computed metrics "
-                         f"{config['metrics']} @ {config['topk']}")
-    trainable = getattr(model, "trainable", True)
-    if trainable:
-        optimizer = make_adam(model.optimizer_parameters(), lr=float(config["learning_rate"]),
-                              weight_decay=float(config.get("weight_decay", 0.0)))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.get("learning_rate_scheduler")))
-    sampler = BPRSampler(task, rng, config.get("sampling_device"))
-    max_batches = config.get("max_batches_per_epoch")
-    max_batches = int(max_batches) if max_batches is not None else None
-    if max_batches is not None and max_batches < 1:
-        raise ValueError(f"max_batches_per_epoch must be >= 1 or null, got {max_batches}")
-    result = TrainResult()
-    result.batches_per_epoch = -(-len(sampler.users) // batch_size)
-    analyses = analyses or {}
-    captured: dict = {}
-    best_score, bad_evals = -math.inf, 0
-    epoch = 0
-    if not trainable:
-        epochs = 0
-        result.stop_reason = "not_trained"
-    try:
-        for epoch in range(epochs):
+
+class Trainer:
+    """Trains ``model`` on ``task`` and keeps what its best validation evaluation saw.
+
+    ``analyses`` (name -> object with ``capture(model)`` and ``finalize(captured)``) capture what
+    they need from the model at every best-validation evaluation and are scored once at the end
+    (e.g. cross-modal retrieval). ``progress(point)``, when given, is called after every epoch with
+    that epoch's curve point (epoch, train loss and, on evaluation epochs, the validation metric
+    and the best so far). Every test pass also scores the item groups of ``task.item_groups``
+    (``test_group_<name>`` and ``exposure`` in ``extra``). ``test_time``
+    (``benchmarks.core.masked_copy.MaskedCopy``, the test_only mechanism): test passes score the
+    trained weights on the masked task instead.
+    """
+
+    def __init__(self, model, task, config: dict, rng: np.random.Generator, progress=None,
+                 analyses: dict | None = None, test_time=None):
+        self.model, self.task, self.progress, self.test_time = model, task, progress, test_time
+        self.analyses = analyses or {}
+        self.epochs = int(config["epochs"])
+        self.eval_step = int(config["eval_step"])
+        self.stopping_step = int(config["stopping_step"])
+        self.batch_size = int(config["train_batch_size"])
+        self.valid_metric = str(config.get("valid_metric", "recall@20")).lower()
+        self.evaluator = Evaluator(task, topk=config["topk"], metrics=config["metrics"],
+                                   batch_size=int(config["eval_batch_size"]))
+        if self.valid_metric not in {f"{m}@{k}" for m in self.evaluator.metrics for k in self.evaluator.topk}:
+            raise ValueError(f"valid_metric {self.valid_metric!r} is not among the computed metrics "
+                             f"{config['metrics']} @ {config['topk']}")
+        self.trainable = getattr(model, "trainable", True)
+        if self.trainable:
+            self.optimizer = make_adam(model.optimizer_parameters(), lr=float(config["learning_rate"]),
+                                       weight_decay=float(config.get("weight_decay", 0.0)))
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                               lr_factor(config.get("learning_rate_scheduler")))
+        self.sampler = BPRSampler(task, rng, config.get("sampling_device"))
+        max_batches = config.get("max_batches_per_epoch")
+        self.max_batches = int(max_batches) if max_batches is not None else None
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ValueError(f"max_batches_per_epoch must be >= 1 or null, got {self.max_batches}")
+        self.result = TrainResult()
+        self.result.batches_per_epoch = self.sampler.n_batches(self.batch_size)
+        self.captured: dict = {}
+        self.best_score, self.bad_evals = -math.inf, 0
+        self.epoch = 0
+        if not self.trainable:
+            self.epochs = 0
+            self.result.stop_reason = "not_trained"
+
+    def run(self) -> TrainResult:
+        """Train to early stopping or the epoch budget; any error becomes a ``TrainingFailure``
+        that carries the epoch and the best result so far."""
+        try:
+            self.train()
+        except TrainingFailure:
+            raise
+        except (MemoryError, torch.OutOfMemoryError) as exc:
+            raise TrainingFailure(f"out of memory at epoch {self.epoch}: {exc}".strip(), self.epoch,
+                                  self.result) from exc
+        except Exception as exc:  # the job records it; the epoch says how far training got
+            raise TrainingFailure(f"{type(exc).__name__} at epoch {self.epoch}: {exc}", self.epoch,
+                                  self.result) from exc
+        if self.result.best_epoch < 0:
+            self.evaluate_final_model()
+        for name, analysis in self.analyses.items():
+            if name in self.captured:
+                self.result.extra[name] = analysis.finalize(self.captured[name])
+        self.result.captured = self.captured
+        return self.result
+
+    def train(self) -> None:
+        result = self.result
+        for self.epoch in range(self.epochs):
+            epoch = self.epoch
             t0 = time.perf_counter()
-            model.train()
-            model.pre_epoch(epoch)
-            # The epoch's loss is summed on the device (float64, as a Python float sum would) and
-            # read once after the loop: reading or testing it per batch would make the host wait
-            # for the accelerator every batch. A non-finite batch loss makes the sum non-finite.
-            total = torch.zeros((), dtype=torch.float64, device=task.device)
-            for batch, (users, pos, neg) in enumerate(sampler.epoch(batch_size, device=task.device)):
-                if max_batches is not None and batch >= max_batches:
-                    break
-                result.batches_run = batch + 1
-                loss = model.calculate_loss(users, pos, neg)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach()
-            total = float(total)
-            if not math.isfinite(total):
-                raise TrainingFailure(f"non-finite training loss ({total}) at epoch {epoch}", epoch, result)
-            scheduler.step()
+            total = self.train_epoch(epoch)
+            self.scheduler.step()
             result.train_seconds.append(time.perf_counter() - t0)
             result.epochs_run = epoch + 1
             point = {"epoch": epoch, "train_loss": round(total, 4)}
-            if (epoch + 1) % eval_step == 0:
-                model.pre_evaluation()
-                valid, _, v_sec = evaluator.evaluate(model, task.valid)
-                scorer = _test_scorer(model, test_time)
-                test, test_users_metrics, t_sec, groups = evaluator.evaluate_groups(scorer, task.test, task.item_groups)
-                result.valid_eval_seconds.append(v_sec)
-                result.test_eval_seconds.append(t_sec)
-                point.update({f"valid_{valid_metric}": round(valid[valid_metric], 4),
-                              "test_recall@20": round(test.get("recall@20", float("nan")), 4),
-                              "test_ndcg@20": round(test.get("ndcg@20", float("nan")), 4)})
-                score = round(valid[valid_metric], 4)
-                if score > best_score:
-                    best_score, bad_evals = score, 0
-                    result.best_epoch, result.valid, result.test = epoch, valid, test
-                    result.test_per_user, result.test_users = test_users_metrics, task.test.users
-                    _keep_groups(result, groups)
-                    for name, eval_set in task.extra_eval.items():
-                        if len(eval_set):
-                            result.extra[name], _, _ = evaluator.evaluate(scorer, eval_set)
-                            result.extra_counts[name] = (len(eval_set), eval_set.n_interactions)
-                    for name, analysis in analyses.items():
-                        captured[name] = analysis.capture(model)
-                else:
-                    bad_evals += 1
+            if (epoch + 1) % self.eval_step == 0:
+                self.evaluate_epoch(epoch, point)
             result.curve.append(point)
-            if progress is not None:
-                progress(dict(point, best=best_score if best_score > -math.inf else None, epochs=epochs))
-            if bad_evals > stopping_step:
+            if self.progress is not None:
+                best = self.best_score if self.best_score > -math.inf else None
+                self.progress(dict(point, best=best, epochs=self.epochs))
+            if self.bad_evals > self.stopping_step:
                 result.stopped_early = True
                 result.stop_reason = "early_stopping"
+                return
+        if self.epochs > 0:
+            result.stop_reason = "epoch_budget"
+
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over the training rows; the epoch's summed loss (a non-finite one fails the job)."""
+        self.model.train()
+        self.model.pre_epoch(epoch)
+        # The epoch's loss is summed on the device (float64, as a Python float sum would) and
+        # read once after the loop: reading or testing it per batch would make the host wait
+        # for the accelerator every batch. A non-finite batch loss makes the sum non-finite.
+        total = torch.zeros((), dtype=torch.float64, device=self.task.device)
+        for batch, (users, pos, neg) in enumerate(self.sampler.epoch(self.batch_size, device=self.task.device)):
+            if self.max_batches is not None and batch >= self.max_batches:
                 break
+            self.result.batches_run = batch + 1
+            loss = self.model.calculate_loss(users, pos, neg)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach()
+        total = float(total)
+        if not math.isfinite(total):
+            raise TrainingFailure(f"non-finite training loss ({total}) at epoch {epoch}", epoch, self.result)
+        return total
+
+    def evaluate(self) -> Evaluation:
+        """Validation on the trained model, then test and item groups on the test scorer."""
+        self.model.pre_evaluation()
+        valid, _, v_sec = self.evaluator.evaluate(self.model, self.task.valid)
+        scorer = _test_scorer(self.model, self.test_time)
+        test, per_user, t_sec, groups = self.evaluator.evaluate_groups(scorer, self.task.test, self.task.item_groups)
+        self.result.valid_eval_seconds.append(v_sec)
+        self.result.test_eval_seconds.append(t_sec)
+        return Evaluation(valid, test, per_user, groups, scorer)
+
+    def evaluate_epoch(self, epoch: int, point: dict) -> None:
+        """An evaluation epoch: its metrics go into the curve point; the early-stopping count and,
+        on an improvement, the kept best state follow."""
+        ev = self.evaluate()
+        point.update({f"valid_{self.valid_metric}": round(ev.valid[self.valid_metric], 4),
+                      "test_recall@20": round(ev.test.get("recall@20", float("nan")), 4),
+                      "test_ndcg@20": round(ev.test.get("ndcg@20", float("nan")), 4)})
+        score = round(ev.valid[self.valid_metric], 4)
+        if score > self.best_score:
+            self.best_score, self.bad_evals = score, 0
+            self.keep_best(epoch, ev, extra_sets=True)
         else:
-            if epochs > 0:
-                result.stop_reason = "epoch_budget"
-    except TrainingFailure:
-        raise
-    except (MemoryError, torch.OutOfMemoryError) as exc:
-        raise TrainingFailure(f"out of memory at epoch {epoch}: {exc}".strip(), epoch, result) from exc
-    except Exception as exc:  # the job records it; the epoch says how far training got
-        raise TrainingFailure(f"{type(exc).__name__} at epoch {epoch}: {exc}", epoch, result) from exc
-    if result.best_epoch < 0:
-        # No evaluation happened (epochs < eval_step): evaluate the final model once.
-        model.pre_evaluation()
-        result.valid, _, v_sec = evaluator.evaluate(model, task.valid)
-        result.test, result.test_per_user, t_sec, groups = evaluator.evaluate_groups(
-            _test_scorer(model, test_time), task.test, task.item_groups)
-        result.test_users = task.test.users
-        _keep_groups(result, groups)
-        result.valid_eval_seconds.append(v_sec)
-        result.test_eval_seconds.append(t_sec)
-        result.best_epoch = result.epochs_run - 1
-        for name, analysis in analyses.items():
-            captured[name] = analysis.capture(model)
-    for name, analysis in analyses.items():
-        if name in captured:
-            result.extra[name] = analysis.finalize(captured[name])
-    result.captured = captured
-    return result
+            self.bad_evals += 1
+
+    def keep_best(self, epoch: int, ev: Evaluation, extra_sets: bool) -> None:
+        """What is kept of the best validation evaluation: its metrics, per-user test vectors and
+        item groups, the extra evaluation sets scored then (per-level test sets), and what each
+        analysis captures from the model."""
+        result = self.result
+        result.best_epoch, result.valid, result.test = epoch, ev.valid, ev.test
+        result.test_per_user, result.test_users = ev.test_per_user, self.task.test.users
+        _keep_groups(result, ev.groups)
+        if extra_sets:
+            for name, eval_set in self.task.extra_eval.items():
+                if len(eval_set):
+                    result.extra[name], _, _ = self.evaluator.evaluate(ev.scorer, eval_set)
+                    result.extra_counts[name] = (len(eval_set), eval_set.n_interactions)
+        for name, analysis in self.analyses.items():
+            self.captured[name] = analysis.capture(self.model)
+
+    def evaluate_final_model(self) -> None:
+        """No evaluation happened (not trained, or fewer epochs than ``eval_step``): the final model
+        is evaluated once and kept, without the extra evaluation sets."""
+        self.keep_best(self.result.epochs_run - 1, self.evaluate(), extra_sets=False)
+
+
+def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, progress=None,
+                       analyses: dict | None = None, test_time=None) -> TrainResult:
+    """Train ``model`` on ``task`` (see ``Trainer``) and return what its best validation saw."""
+    return Trainer(model, task, config, rng, progress, analyses, test_time).run()
 
 
 def _test_scorer(model, test_time):

@@ -1,7 +1,7 @@
 """Full-ranking evaluation: every item scored for every evaluated user, batched and vectorised.
 
-Definitions (spec section 3.4), with ``hit_k`` the relevant items in the top k and ``P_u`` the
-user's held-out items:
+Definitions (those of the reference evaluation), with ``hit_k`` the relevant items in the top k
+and ``P_u`` the user's held-out items:
 
 * Recall@k = hit_k / |P_u|; Precision@k = hit_k / k;
 * NDCG@k = DCG / IDCG with binary gains 1/log2(rank+1) and IDCG over min(|P_u|, k) ranks;

@@ -1,30 +1,21 @@
-"""Evaluation protocols: each owns the split, the masks, the candidate items and the imputation.
+"""Evaluation protocols: each owns the split, the candidate items and the imputation of a job.
 
-A protocol turns a validated ``Dataset`` into the ``Task`` a model sees. Masking and
-imputation happen here, before any model is built, so a model never receives the true
-features of a masked item, nor (under ``new_items``) a training interaction of a new item.
+A protocol turns a validated ``Dataset`` into the ``Task`` a model sees. Masking and imputation
+happen here, before any model is built, so a model never receives the true features of a masked
+item, nor (under ``new_items``) a training interaction of a new item.
 
-* ``missing`` (paper Table 1): the full interaction file; the dataset's official mask file
-  at the configured ratio when present, else a mask drawn by the paper's stratified
-  procedure; masked rows imputed (``mean`` over the observed items, ``zero``, or left to
-  models that handle missing modalities themselves).
-* ``new_items`` (paper Table 2): training rows from ``<name>_del.inter``; validation rows of
-  that file; the test set is every test row of the full file plus the training rows of the
-  new items, restricted to users with training rows (spec 4b). New items are never
-  negatives and are excluded from the imputation mean.
-* ``missing_level`` trains as ``missing`` and additionally evaluates test interactions
-  grouped by the number of missing modalities of their item at each best-validation epoch.
-* ``missing_ratio`` runs ``missing`` over a sweep of ratios with nested generated masks.
-* ``imputation`` runs ``missing`` for every model that takes imputed features once per
-  imputation method (``benchmarks.core.imputation``); ``generated`` takes the features a trained
-  DGMRec job of the same dataset, ratio and seed generated (the runner trains it first).
+* ``missing`` (paper Table 1): the full interaction file; masked rows imputed (``mean`` over the
+  observed items by default, see ``benchmarks.core.imputation``, or left to models that handle
+  missing modalities themselves).
+* ``new_items`` (paper Table 2): training and validation rows from ``<name>_del.inter``; the test
+  set is every test row of the full file plus the training rows of the new items (a new item's
+  interactions are what it is tested on), restricted to users with training rows. New items are
+  never negatives and are excluded from the imputation mean.
+* ``missing_level``, ``missing_ratio``, ``retrieval`` and ``imputation`` train ``missing`` jobs:
+  grouped by the number of missing modalities of the test item, over a sweep of ratios, with
+  cross-modal retrieval of generated features, and once per imputation method.
 
-Missingness mechanisms (``missing_mechanism``; null is ``uniform``): ``uniform`` (the paper's
-stratified draw, or the shipped mask file), ``popularity`` (rarely interacted items lose
-modalities more often, same share of the catalogue), ``per_modality`` (each modality missing
-at its own ratio, ``missing_ratio_per_modality``) and ``test_only`` (training sees complete
-features; the uniform mask applies at test time only, to a test-time copy of the trained model,
-see ``benchmarks.core.masked_copy``).
+Which items miss which modality (mechanism, ratio, mask) is ``benchmarks.core.missingness``.
 """
 from __future__ import annotations
 
@@ -32,26 +23,21 @@ import numpy as np
 import torch
 
 from data_prep import masks as mask_lib
-from data_prep.dataset import MASK_KEYS, Dataset, Interactions, sha256_arrays
+from data_prep.dataset import Dataset, Interactions, sha256_arrays
 from data_prep.errors import DataError
+from data_prep.modalities import Modalities
 
 from benchmarks.core import imputation as imp
+from benchmarks.core.missingness import (ProtocolError, dataset_modalities, masks_for, no_mask, normalize_mechanism,
+                                         per_modality_ratios, per_modality_share, resolve_ratio)
 from models.cache import ArtifactCache
 from models.task import EvalSet, Task
 
 IMPUTATIONS = imp.IMPUTATIONS
 # The official configs write the imputation mode as a number.
 _IMPUTATION_ALIASES = {0: "zero", 1: "mean", "0": "zero", "1": "mean"}
-MECHANISMS = ("uniform", "popularity", "per_modality", "test_only")
-MODALITY_NAMES = {"v": "v", "image": "v", "visual": "v", "t": "t", "text": "t", "textual": "t",
-                  "a": "a", "audio": "a", "acoustic": "a"}
 GENERATOR_MODEL = "DGMRec"  # whose generated features the ``generated`` imputation takes
-TWO_THIRDS_TOLERANCE = 1e-3
 POPULAR_SHARE = 0.2  # per-group results: the 20% most and least trained items
-
-
-class ProtocolError(ValueError):
-    pass
 
 
 def normalize_imputation(value) -> str:
@@ -60,49 +46,6 @@ def normalize_imputation(value) -> str:
         raise ProtocolError(f"missing_imputation must be one of {list(IMPUTATIONS)} (or 0/1 as in the official "
                             f"configs), got {value!r}")
     return v
-
-
-def normalize_mechanism(config: dict) -> str:
-    """The missingness mechanism of a configuration (null: uniform; per-modality ratios alone
-    imply per_modality)."""
-    v = config.get("missing_mechanism")
-    per = config.get("missing_ratio_per_modality")
-    if v is None:
-        v = "per_modality" if per else "uniform"
-    if v not in MECHANISMS:
-        raise ProtocolError(f"missing_mechanism must be one of {list(MECHANISMS)} (null means uniform), got {v!r}")
-    if v == "per_modality" and not per:
-        raise ProtocolError("missing_mechanism per_modality needs missing_ratio_per_modality, e.g. "
-                            "--set 'missing_ratio_per_modality={image: 0.8, text: 0.2}'")
-    if per and v != "per_modality":
-        raise ProtocolError(f"missing_ratio_per_modality is set but missing_mechanism is {v!r}; "
-                            f"it applies to missing_mechanism per_modality only")
-    return v
-
-
-def per_modality_ratios(config: dict, modalities: tuple) -> dict[str, float]:
-    """``missing_ratio_per_modality`` as {modality code: ratio}; names such as image/text accepted."""
-    raw = config.get("missing_ratio_per_modality")
-    if not isinstance(raw, dict) or not raw:
-        raise ProtocolError(f"missing_ratio_per_modality must be a mapping modality -> ratio, e.g. "
-                            f"{{image: 0.8, text: 0.2}}, got {raw!r}")
-    out = {}
-    for key, value in raw.items():
-        m = MODALITY_NAMES.get(str(key).lower())
-        if m is None or (modalities and m not in modalities):
-            raise ProtocolError(f"missing_ratio_per_modality: unknown modality {key!r}; the dataset has "
-                                f"{list(modalities)} (v = image, t = text, a = audio)")
-        if m in out:
-            raise ProtocolError(f"missing_ratio_per_modality names modality {m!r} twice")
-        try:
-            r = float(value)
-        except (TypeError, ValueError):
-            raise ProtocolError(f"missing_ratio_per_modality: the ratio of {key!r} must be a number, "
-                                f"got {value!r}") from None
-        if not 0.0 <= r < 1.0:
-            raise ProtocolError(f"missing_ratio_per_modality: the ratio of {key!r} must lie in [0, 1), got {r}")
-        out[m] = r
-    return out
 
 
 def check_axes(dataset: Dataset, config: dict) -> None:
@@ -148,18 +91,8 @@ def _cold_start_filter(users: np.ndarray, items: np.ndarray, train_users: np.nda
     return users[keep], items[keep]
 
 
-def _ratio_key(ratio: float) -> str:
-    return mask_lib.mask_file_ratio(ratio)
-
-
-def _draw_ratio(ratio: float) -> float:
-    """The official 0.666 files were drawn at exactly 2/3."""
-    return 2.0 / 3.0 if abs(ratio - 2.0 / 3.0) < TWO_THIRDS_TOLERANCE else ratio
-
-
 class Protocol:
     name = ""
-    description = ""
     # The protocol whose training jobs this one runs. The missing-family protocols (level,
     # ratio) train ordinary ``missing`` jobs, so their jobs share ids and records in the store.
     job_protocol = ""
@@ -195,33 +128,29 @@ class Protocol:
         complete features and carries the masked task in ``test_task``."""
         train, valid, test, new_items, extra = self.split(dataset)
         mechanism = normalize_mechanism(config)
-        n_mod = len(dataset.modalities) or 2
         per = per_modality_ratios(config, dataset.modalities) if mechanism == "per_modality" else None
         groups = masks_for(dataset, ratio, train_counts=np.bincount(train.items[train.labels == 0],
                                                                     minlength=dataset.n_items),
                            new_items=new_items, cache=cache, mechanism=mechanism, per_modality=per)
-        parts = (dataset, config, model_cls, ratio, train, valid, test, new_items, extra, device, cache, generated,
-                 mechanism)
+        parts = (dataset, config, model_cls, train, valid, test, new_items, extra, device, cache, generated, mechanism)
         if mechanism != "test_only":
             return self._assemble(*parts, groups)
         masked = self._assemble(*parts, groups)
-        task = self._assemble(*parts, {k: np.zeros(0, np.int64) for k in MASK_KEYS[n_mod]})
+        task = self._assemble(*parts, no_mask(dataset_modalities(dataset)))
         # what is measured at test time is grouped by the test-time mask
         task.test_task, task.extra_eval, task.item_groups = masked, masked.extra_eval, masked.item_groups
         return task
 
-    def _assemble(self, dataset, config, model_cls, ratio, train, valid, test, new_items, extra, device, cache,
+    def _assemble(self, dataset, config, model_cls, train, valid, test, new_items, extra, device, cache,
                   generated, mechanism, groups) -> Task:
-        modalities = dataset.modalities
-        n_mod = len(modalities) or (3 if "a" in groups else 2)
-        mod_codes = modalities or (("v", "t", "a") if n_mod == 3 else ("v", "t"))
-        missing = mask_lib.per_modality_missing(groups, mod_codes, dataset.n_items)
+        modalities = Modalities.resolve(dataset.modalities, groups)
+        missing = mask_lib.per_modality_missing(groups, modalities, dataset.n_items)
         handles = getattr(model_cls, "handles_missing", "impute")
         imputation = "native" if handles == "native" else normalize_imputation(config.get("missing_imputation", "mean"))
         tr_users, tr_items = train.split(0)
         features, content, info = {}, {}, {}
         if getattr(model_cls, "uses_features", True):
-            if not modalities:
+            if not dataset.features:
                 raise DataError(dataset.description or dataset.name,
                                 f"model {getattr(model_cls, 'model_name', model_cls.__name__)} needs item features, "
                                 f"but the dataset has no feature files (image_feat.npy, text_feat.npy[, audio_feat.npy])")
@@ -234,17 +163,16 @@ class Protocol:
                 features[m] = torch.from_numpy(x).to(device)
                 info[m] = {"filled": filled[m].n_filled, "fallback": filled[m].n_fallback}
         content["train"] = sha256_arrays(tr_users, tr_items, np.array([dataset.n_users, dataset.n_items]))
-        content["missing"] = sha256_arrays(*[missing[m] for m in mod_codes])
+        content["missing"] = sha256_arrays(*[missing[m] for m in modalities])
         content["new_items"] = sha256_arrays(new_items)
         extra_eval = {}
         for build in extra.values():
             extra_eval.update(build(test, groups, dataset.n_items))
         return Task(
-            dataset=dataset.name, dataset_kind=dataset.kind, protocol=self.job_protocol,
-            n_users=dataset.n_users, n_items=dataset.n_items,
+            dataset=dataset.name, n_users=dataset.n_users, n_items=dataset.n_items,
             train_users=tr_users, train_items=tr_items, features=features, modalities=modalities,
             missing=missing, mask_groups=groups, new_items=new_items, valid=valid, test=test,
-            missing_ratio=float(ratio), imputation=imputation, extra_eval=extra_eval,
+            imputation=imputation, extra_eval=extra_eval,
             device=torch.device(device), cache=cache, content_hash=content,
             item_groups=item_groups(missing, new_items, np.bincount(tr_items, minlength=dataset.n_items)),
             mechanism=mechanism, imputation_info=info)
@@ -265,11 +193,16 @@ def fill_features(dataset: Dataset, missing: dict, method: str, new_items: np.nd
 
     if cache is None or method in ("zero", "mean", "generated") or not any(missing[m].any() for m in missing):
         return build()
+
+    def build_arrays():  # the cache stores arrays: each table with its two counts
+        return {m: [f.x, np.array([f.n_filled, f.n_fallback])] for m, f in build().items()}
+
     masked = [np.where(missing[m][:, None], np.float32(0), dataset.features[m]) for m in dataset.modalities]
     key = {"features": sha256_arrays(*masked), "missing": sha256_arrays(*[missing[m] for m in dataset.modalities]),
            "train": sha256_arrays(*[np.asarray(t) for t in train]), "new_items": sha256_arrays(new_items),
            "method": method, "params": params.__dict__}
-    return cache.get_or_build("imputed", key, build)
+    stored = cache.get_or_build("imputed", key, build_arrays)
+    return {m: imp.Filled(x, int(counts[0]), int(counts[1])) for m, (x, counts) in stored.items()}
 
 
 def item_groups(missing: dict, new_items: np.ndarray, train_counts: np.ndarray) -> dict[str, np.ndarray]:
@@ -294,91 +227,10 @@ def item_groups(missing: dict, new_items: np.ndarray, train_counts: np.ndarray) 
     return out
 
 
-def resolve_ratio(dataset: Dataset, value) -> float:
-    """``auto`` means the dataset's own mask file when it ships exactly one, else 2/3."""
-    if value in (None, "auto"):
-        if len(dataset.masks) == 1:
-            return float(next(iter(dataset.masks)))
-        return 0.666
-    try:
-        r = float(value)
-    except (TypeError, ValueError):
-        raise ProtocolError(f"missing_ratio must be a number in [0, 1) or 'auto', got {value!r}") from None
-    if not 0.0 <= r < 1.0:
-        raise ProtocolError(f"missing_ratio must lie in [0, 1), got {r}")
-    return r
-
-
-def masks_for(dataset: Dataset, ratio: float, train_counts: np.ndarray, new_items: np.ndarray,
-              cache: ArtifactCache | None, mechanism: str = "uniform",
-              per_modality: dict | None = None) -> dict[str, np.ndarray]:
-    """The mask groups at ``ratio`` under a missingness mechanism.
-
-    ``uniform`` and ``test_only``: the shipped file when there is one, else the paper's draw
-    (its strata new/old × cold/warm with its seeds, so higher ratios contain the lower ratios'
-    missing items). ``popularity``: ``masks.draw_popularity_mask`` (nested too).
-    ``per_modality``: ``masks.draw_per_modality_mask`` at the given ratios (``ratio`` is then
-    only the resulting share). Ratio 0 means no masking at all.
-    """
-    n_mod = len(dataset.modalities) or 2
-    if mechanism == "per_modality":
-        if not per_modality:
-            raise ProtocolError("the per_modality mechanism needs missing_ratio_per_modality")
-        mods = dataset.modalities or (("v", "t", "a") if n_mod == 3 else ("v", "t"))
-
-        def build_per():
-            strata = mask_lib.item_strata(train_counts_full(dataset, train_counts))
-            return mask_lib.draw_per_modality_mask(strata, per_modality, mods)
-
-        if cache is None:
-            return build_per()
-        return cache.get_or_build("mask", {"dataset": dataset.fingerprint_digest(), "mechanism": mechanism,
-                                           "ratios": dict(sorted(per_modality.items())), "n_modalities": n_mod,
-                                           "seeds": [1111, 1225]}, build_per)
-    if ratio == 0:
-        return {k: np.zeros(0, np.int64) for k in MASK_KEYS[n_mod]}
-    key = _ratio_key(ratio)
-    if mechanism in ("uniform", "test_only") and key in dataset.masks:
-        return dataset.masks[key]
-
-    def build():
-        counts = train_counts_full(dataset, train_counts)
-        strata = mask_lib.item_strata(counts)
-        if mechanism == "popularity":
-            return mask_lib.draw_popularity_mask(counts, _draw_ratio(ratio), n_mod, strata=strata)
-        return mask_lib.draw_missing_mask(strata, _draw_ratio(ratio), n_mod)
-
-    if mechanism not in ("uniform", "test_only", "popularity"):
-        raise ProtocolError(f"unknown missing_mechanism {mechanism!r}")
-    if cache is None:
-        return build()
-    description = {"dataset": dataset.fingerprint_digest(), "ratio": key, "n_modalities": n_mod, "seeds": [1111, 1225]}
-    if mechanism == "popularity":  # the uniform key stays as it was, so existing cache entries still serve
-        description["mechanism"] = mechanism
-    return cache.get_or_build("mask", description, build)
-
-
-def per_modality_share(dataset: Dataset, config: dict) -> float:
-    """The share of items missing at least one modality under the per-modality mechanism (the
-    ``missing_ratio`` such jobs record), rounded to 4 decimals."""
-    per = per_modality_ratios(config, dataset.modalities)
-    inter = dataset.inter if dataset.inter is not None else dataset.del_inter
-    counts = np.bincount(inter.items[inter.labels == 0], minlength=dataset.n_items)
-    groups = masks_for(dataset, 0.0, counts, np.zeros(dataset.n_items, bool), None, "per_modality", per)
-    return round(sum(len(v) for v in groups.values()) / dataset.n_items, 4)
-
-
-def train_counts_full(dataset: Dataset, fallback: np.ndarray) -> np.ndarray:
-    """Training counts per item of the full file: the strata the paper draws masks from."""
-    if dataset.inter is not None:
-        return np.bincount(dataset.inter.items[dataset.inter.labels == 0], minlength=dataset.n_items)
-    return fallback
-
-
 class MissingProtocol(Protocol):
+    """Missing modalities (paper Table 1)."""
     name = "missing"
     job_protocol = "missing"
-    description = "missing modalities (paper Table 1)"
 
     def split(self, dataset: Dataset):
         inter = dataset.inter
@@ -391,7 +243,6 @@ class MissingProtocol(Protocol):
         test = EvalSet.from_pairs("test", *_cold_start_filter(*inter.split(2), tr_u, dataset.n_users))
         return inter, valid, test, np.zeros(dataset.n_items, dtype=bool), {"levels": missing_level_sets}
 
-
     def analyses(self, dataset: Dataset, task: Task, model_cls) -> dict:
         from benchmarks.core.retrieval import RetrievalAnalysis
         out = {}
@@ -403,12 +254,10 @@ class MissingProtocol(Protocol):
 
 
 def missing_level_sets(test: EvalSet, groups: dict, n_items: int) -> dict[str, EvalSet]:
-    """Test interactions grouped by the number of missing modalities of their item (spec 4c).
-
-    Each user's ground truth is restricted to their test items of one level; users without
-    such an item drop out; the ranking itself is unchanged.
-    """
-    n_mod = 3 if {"a", "tv", "ta", "va"} & set(groups) else 2
+    """Test interactions grouped by the number of missing modalities of their item: each user's
+    ground truth is restricted to their test items of one level (users without such an item drop
+    out); the ranking itself is unchanged."""
+    n_mod = Modalities.of_mask(groups).count
     levels = mask_lib.missing_level(groups, n_items, n_mod)
     return {f"test_level{lv}": test.restrict_items(f"test_level{lv}", levels == lv) for lv in range(n_mod + 1)}
 
@@ -425,13 +274,12 @@ def feature_quality_analyses(dataset: Dataset, task: Task, model_cls) -> dict:
 class MissingLevelProtocol(MissingProtocol):
     """Trains exactly the ``missing`` jobs (same ids, shared in the store); reports per level."""
     name = "missing_level"
-    description = "missing modalities, test interactions grouped by the number of missing modalities of their item"
 
 
 class NewItemsProtocol(Protocol):
+    """Missing modalities and new items (paper Table 2)."""
     name = "new_items"
     job_protocol = "new_items"
-    description = "missing modalities and new items (paper Table 2)"
 
     def split(self, dataset: Dataset):
         full, split = dataset.inter, dataset.del_inter
@@ -467,8 +315,8 @@ class NewItemsProtocol(Protocol):
 
 
 class MissingRatioProtocol(MissingProtocol):
+    """The ``missing`` jobs over a sweep of ratios with nested masks; ratio 0 means no masking."""
     name = "missing_ratio"
-    description = "missing-ratio sweep with nested masks; ratio 0 means no masking"
     default_sweep = (0.0, 0.2, 0.4, 0.6, 0.8)
 
     def ratios(self, dataset: Dataset, config: dict) -> list[float]:
@@ -485,9 +333,8 @@ class MissingRatioProtocol(MissingProtocol):
 
 class RetrievalProtocol(MissingProtocol):
     """Trains the ``missing`` jobs of models that generate missing features (DGMRec) and reports
-    cross-modal retrieval (spec 4e) from their best-validation state."""
+    cross-modal retrieval from their best-validation state."""
     name = "retrieval"
-    description = "cross-modal retrieval with generated features (Hit@10, Hit@20)"
 
     def accepts(self, model_cls) -> bool:
         from benchmarks.core.retrieval import RetrievalAnalysis
@@ -499,7 +346,6 @@ class ImputationProtocol(MissingProtocol):
     (``imputation_sweep``, default every method); the ``mean`` jobs are the ``missing`` jobs.
     The generating model itself runs every imputation but ``generated``."""
     name = "imputation"
-    description = "every imputation method for every model that takes imputed features"
 
     def accepts(self, model_cls) -> bool:
         return takes_imputed_features(model_cls)
@@ -518,16 +364,12 @@ def takes_imputed_features(model_cls) -> bool:
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (MissingProtocol(), NewItemsProtocol(), MissingLevelProtocol(),
                                                       MissingRatioProtocol(), RetrievalProtocol(),
                                                       ImputationProtocol())}
-ALL_PROTOCOL_NAMES = ("missing", "new_items", "missing_level", "missing_ratio", "retrieval", "imputation")
+ALL_PROTOCOL_NAMES = tuple(PROTOCOLS)
 # ``--protocol all``: the paper's protocols (the imputation sweep multiplies the feature models' jobs)
 PAPER_PROTOCOL_NAMES = ("missing", "new_items", "missing_level", "missing_ratio", "retrieval")
 
 
 def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
-        known = ", ".join(PROTOCOLS)
-        if name in ALL_PROTOCOL_NAMES:
-            raise ProtocolError(f"protocol {name!r} is not available yet (needs DGMRec's generated features); "
-                                f"available: {known}")
-        raise ProtocolError(f"unknown protocol {name!r}; known: {known}, all")
+        raise ProtocolError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}, all")
     return PROTOCOLS[name]

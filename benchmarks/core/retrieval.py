@@ -1,4 +1,4 @@
-"""Cross-modal retrieval with generated features (spec 4e), an analysis of the missing protocol.
+"""Cross-modal retrieval with generated features (the paper's retrieval table), an analysis of the missing protocol.
 
 For every item i whose modality m is missing and for which the model generated a raw
 feature x̂_i^m, the query x̂_i^m is ranked by cosine similarity against the gallery of the

@@ -28,7 +28,7 @@ from tabulate import tabulate
 from benchmarks.experiments.bench_common import REFERENCE, official_records, publish
 from benchmarks.run.runner import RunOptions, execute, plan
 from benchmarks.run.store import ResultStore
-from models.registry import names
+from benchmarks.run.discovery import model_names as names
 
 
 def official_costs() -> dict[str, dict]:
@@ -92,14 +92,14 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[])
     args = ap.parse_args(argv)
     from benchmarks.run.config import parse_sets
-    from benchmarks.run.jobs import pick_device
+    from benchmarks.run.devices import resolve_device
     models = [m.strip() for m in args.models.split(",")] if args.models else names()
     sets = {"epochs": args.epochs, "eval_step": 1, "stopping_step": 10 ** 6, **parse_sets(args.sets)}
     if args.device:
         sets["device"] = args.device
     if args.max_batches is not None:
         sets["max_batches_per_epoch"] = args.max_batches
-    on_gpu = pick_device(sets.get("device", "auto")).type == "cuda"
+    on_gpu = resolve_device(sets.get("device", "auto")).type == "cuda"
     if args.official_src and not (Path(args.official_src) / "main.py").is_file():
         raise SystemExit(f"{args.official_src}: not the official src folder (no main.py)")
     opts = RunOptions(protocols=["missing"], datasets=[d.strip() for d in args.datasets.split(",")], models=models,

@@ -153,7 +153,7 @@ def phase_correctness(device, models, clock, out: Path, smoke: bool) -> list[dic
     from benchmarks.experiments.host_sync import audit_model
     from benchmarks.experiments.leakage import check_leak
     from data_prep.synthetic import make_replica
-    from models.registry import get
+    from benchmarks.run.discovery import registry_entry as get
     data = {k: make_replica(k, scale=0.02, seed=7) for k in ("baby", "tiktok")}
     rows, graph_rows, left = [], [], []
     for model in models:
@@ -382,10 +382,10 @@ def main(argv=None) -> int:
         return _child_replica(args.child_replica)
     if args.child_bench:
         return _child_bench(args.child_bench)
-    from benchmarks.run.jobs import pick_device
-    from models.registry import names
+    from benchmarks.run.devices import resolve_device
+    from benchmarks.run.discovery import model_names as names
     try:
-        device = str(pick_device(args.device))
+        device = str(resolve_device(args.device))
     except ValueError as exc:
         raise SystemExit(str(exc))
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]

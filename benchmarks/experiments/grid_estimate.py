@@ -95,7 +95,7 @@ def estimate(costs: dict, best_epochs: dict | None = None, best_epoch: float = D
     from benchmarks import registry_entry
     from benchmarks.run.config import expand_grid, resolve
     from benchmarks.core.protocols import get_protocol
-    from models.registry import names
+    from benchmarks.run.discovery import model_names as names
     best_epochs = best_epochs or {}
     rows, total, upper, missing = [], 0.0, 0.0, []
     for model in models or [m for m in names() if not m.startswith("Test")]:

@@ -121,7 +121,7 @@ def audit_model(name: str, dataset: str = "synthetic:tiktok", scale: float = 0.0
 def main(argv=None) -> int:
     from tabulate import tabulate
 
-    from models.registry import names
+    from benchmarks.run.discovery import model_names as names
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=None)
     ap.add_argument("--dataset", default="synthetic:tiktok")

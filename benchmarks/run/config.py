@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.run.devices import DEVICE_FORMS, is_device_request
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -138,8 +140,7 @@ _RULES = {
     "a non-empty list of metric names": lambda x: isinstance(x, list) and len(x) > 0 and all(isinstance(v, str) for v in x),
     "[gamma > 0, step > 0]": lambda x: x is None or (isinstance(x, list) and len(x) == 2
                                                       and all(_number(v) and v > 0 for v in x)),
-    "'auto', 'cpu', 'cuda' or 'cuda:N'": lambda x: isinstance(x, str) and
-    (x in ("auto", "cpu", "cuda") or (x.startswith("cuda:") and x[5:].isdigit())),
+    DEVICE_FORMS: lambda x: isinstance(x, str) and is_device_request(x),
 }
 GLOBAL_RULES = {
     "embedding_size": "an integer >= 1", "learning_rate": "a number > 0", "weight_decay": "a number >= 0",
@@ -147,7 +148,7 @@ GLOBAL_RULES = {
     "eval_batch_size": "an integer >= 1", "epochs": "an integer >= 1", "eval_step": "an integer >= 1",
     "stopping_step": "an integer >= 0", "valid_metric": "a string", "metrics": "a non-empty list of metric names",
     "topk": "a list of integers >= 1", "missing_ratio": "'auto' or a number in [0, 1)",
-    "missing_ratio_sweep": "a list of numbers in [0, 1)", "device": "'auto', 'cpu', 'cuda' or 'cuda:N'",
+    "missing_ratio_sweep": "a list of numbers in [0, 1)", "device": DEVICE_FORMS,
     "fix_reference_defects": "true or false", "deterministic": "true or false",
     "max_batches_per_epoch": "null or an integer >= 1", "grid_limit": "null or an integer >= 1",
     "resources_cpus": "a number > 0", "resources_gpus": "a number >= 0", "resources_memory_mb": "null or a number > 0",

@@ -16,12 +16,13 @@ import subprocess
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.run.devices import resolve_device
 from data_prep.dataset import Dataset, load_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -164,15 +165,6 @@ class PeakMemory:
         return round(self.start / 2 ** 20, 1)
 
 
-def pick_device(name) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return dev
-
-
 def check_device_memory(model, device: torch.device) -> None:
     """Refuse a job up front on a GPU that cannot hold even its model: what is allocated once the
     task and model are built, plus a gradient and Adam's two moments per trainable parameter, is a
@@ -192,80 +184,41 @@ def check_device_memory(model, device: torch.device) -> None:
 
 # --------------------------------------------------------------------------- the job
 
+# Spec fields every record of the job carries (a failure record too).
+RECORD_FIELDS = ("job_id", "grid_group", "model", "group", "dataset", "dataset_kind", "data_source", "protocol",
+                 "missing_ratio", "seed", "fingerprint", "code_version", "grid_keys", "grid_size", "config")
+
+
 def run_job(spec: dict, on_epoch=None) -> dict:
     """Train and evaluate one job; always returns a record (``status`` ok or failed).
 
     ``on_epoch(point)`` is called after every epoch with the epoch's curve point (progress display)."""
-    from benchmarks import registry_entry
-    from models.cache import ArtifactCache
-    from benchmarks.core.engine import TrainingFailure, seed_everything, train_and_evaluate
-    from benchmarks.core.protocols import get_protocol
-    from benchmarks.run.store import ResultStore
+    from benchmarks.core.engine import seed_everything, train_and_evaluate
 
     cfg = spec["config"]
-    record = {k: spec[k] for k in ("job_id", "grid_group", "model", "group", "dataset", "dataset_kind",
-                                   "data_source", "protocol", "missing_ratio", "seed", "fingerprint",
-                                   "code_version", "grid_keys", "grid_size")}
-    record.update({"record_version": RECORD_VERSION, "config": cfg, "status": "failed", "started": _now()})
+    record = dict({k: spec[k] for k in RECORD_FIELDS}, record_version=RECORD_VERSION, status="failed", started=_now())
     t_start = time.perf_counter()
     device = torch.device("cpu")
     # A deterministic job runs on one thread; the caller (a notebook, a test) keeps its own settings.
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    with PeakMemory() as mem, _restored(threads, deterministic):
+    with PeakMemory() as mem, _restored(torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()):
         try:
-            device = pick_device(cfg.get("device"))
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                # Full float32 products unless the job asks for TF32 (set per job: a worker runs many)
-                torch.backends.cuda.matmul.allow_tf32 = bool(cfg.get("cuda_tf32"))
+            device = prepare_device(cfg)
             rng = seed_everything(int(spec["seed"]), bool(cfg.get("deterministic")))
             record["environment"] = environment(device)  # the threads the job really runs on
-            dataset = load_dataset(DatasetRef(**spec["dataset_ref"]))
-            cache = ArtifactCache(spec.get("cache_dir"))
-            entry = registry_entry(spec["model"])
-            protocol = get_protocol(spec["protocol"])
+            dataset, protocol, model_cls, cache = job_inputs(spec)
             t0 = time.perf_counter()
-            generated = None
-            if cfg.get("missing_imputation") == "generated":  # the Ray backend ships them in the spec
-                generated = spec.get("generated") or load_generated_for(spec)
-            task = protocol.build_task(dataset, cfg, entry.cls, spec["missing_ratio"], device, cache, generated)
-            test_time = None
-            if task.test_task is not None:  # test_only: train on complete features, test on masked ones
-                from benchmarks.core.masked_copy import build_pair
-                model, test_time = build_pair(entry.cls, cfg, task)
-            else:
-                model = entry.cls(cfg, task).to(device)
-            check_device_memory(model, device)
-            shown = task.test_task or task
-            record["missing_axes"] = {"imputation": shown.imputation, "mechanism": task.mechanism,
-                                      "filled_rows": shown.imputation_info}
-            record["setup_seconds"] = round(time.perf_counter() - t0, 3)
-            record["n_parameters"] = int(sum(p.numel() for p in model.parameters()))
+            task = build_task(spec, dataset, protocol, model_cls, device, cache)
+            model, test_time = build_model(model_cls, cfg, task, device)
+            fill_setup(record, task, model, t0)
             result = train_and_evaluate(model, task, cfg, rng, progress=on_epoch,
-                                        analyses=protocol.analyses(dataset, task, entry.cls), test_time=test_time)
-            _fill(record, result)
+                                        analyses=protocol.analyses(dataset, task, model_cls), test_time=test_time)
+            fill_result(record, result)
             record["status"] = "ok"
             record["eval_counts"] = {"valid": [len(task.valid), task.valid.n_interactions],
                                      "test": [len(task.test), task.test.n_interactions]}
-            if result.test_users is not None and spec.get("results_dir"):
-                store = ResultStore(spec["results_dir"])
-                record["per_user_file"] = store.save_per_user(spec["job_id"], result.test_users, result.test_per_user,
-                                                              groups=result.groups)
-                gen = (result.captured.get("feature_quality") or {}).get("generated")
-                if spec.get("save_generated") and gen:
-                    record["generated_file"] = store.save_generated(spec["job_id"], gen)
-        except TrainingFailure as exc:
-            record["error"] = str(exc)
-            record["failed_epoch"] = exc.epoch
-            if exc.__cause__ is not None:
-                record["traceback"] = "".join(traceback.format_exception(exc.__cause__, limit=8))[-4000:]
-            if exc.partial is not None and exc.partial.best_epoch >= 0:
-                _fill(record, exc.partial)
-        except (MemoryError, torch.OutOfMemoryError) as exc:
-            record["error"] = f"out of memory: {exc}".strip()
+            write_job_files(record, spec, result)
         except Exception as exc:  # noqa: BLE001 - a failing job must not stop the grid
-            record["error"] = f"{type(exc).__name__}: {exc}"
-            record["traceback"] = traceback.format_exc(limit=8)[-4000:]
+            fill_failure(record, exc)
     record["peak_memory_mb"] = mem.mb
     record["start_memory_mb"] = mem.start_mb  # process RSS when the job began (a reused worker carries some)
     if device.type == "cuda":
@@ -274,6 +227,90 @@ def run_job(spec: dict, on_epoch=None) -> dict:
     record["finished"] = _now()
     record.setdefault("environment", environment(device))
     return record
+
+
+def prepare_device(cfg: dict) -> torch.device:
+    """The job's device, with its per-job CUDA settings (a worker runs many jobs)."""
+    device = resolve_device(cfg.get("device"))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        # Full float32 products unless the job asks for TF32.
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.get("cuda_tf32"))
+    return device
+
+
+def job_inputs(spec: dict):
+    """The dataset, protocol, model class and artefact cache of a job."""
+    from benchmarks.core.protocols import get_protocol
+    from benchmarks.run.discovery import registry_entry
+    from models.cache import ArtifactCache
+
+    dataset = load_dataset(DatasetRef(**spec["dataset_ref"]))
+    cache = ArtifactCache(spec.get("cache_dir"))
+    model_cls = registry_entry(spec["model"]).cls
+    return dataset, get_protocol(spec["protocol"]), model_cls, cache
+
+
+def build_task(spec: dict, dataset: Dataset, protocol, model_cls, device: torch.device, cache):
+    """The job's task; the ``generated`` imputation takes the features its producer job saved
+    (the Ray backend ships them in the spec)."""
+    generated = None
+    if spec["config"].get("missing_imputation") == "generated":
+        generated = spec.get("generated") or load_generated_for(spec)
+    return protocol.build_task(dataset, spec["config"], model_cls, spec["missing_ratio"], device, cache, generated)
+
+
+def build_model(model_cls, cfg: dict, task, device: torch.device):
+    """The model on its device, and under test_only its test-time copy (trained on complete
+    features, tested on masked ones); refused up front when it cannot fit the GPU."""
+    test_time = None
+    if task.test_task is not None:
+        from benchmarks.core.masked_copy import build_pair
+        model, test_time = build_pair(model_cls, cfg, task)
+    else:
+        model = model_cls(cfg, task).to(device)
+    check_device_memory(model, device)
+    return model, test_time
+
+
+def fill_setup(record: dict, task, model, t0: float) -> None:
+    shown = task.test_task or task
+    record["missing_axes"] = {"imputation": shown.imputation, "mechanism": task.mechanism,
+                              "filled_rows": shown.imputation_info}
+    record["setup_seconds"] = round(time.perf_counter() - t0, 3)
+    record["n_parameters"] = int(sum(p.numel() for p in model.parameters()))
+
+
+def write_job_files(record: dict, spec: dict, result) -> None:
+    """The per-user test vectors and, for a job another job imputes from, its generated features."""
+    from benchmarks.run.store import ResultStore
+
+    if result.test_users is None or not spec.get("results_dir"):
+        return
+    store = ResultStore(spec["results_dir"])
+    record["per_user_file"] = store.save_per_user(spec["job_id"], result.test_users, result.test_per_user,
+                                                  groups=result.groups)
+    generated = (result.captured.get("feature_quality") or {}).get("generated")
+    if spec.get("save_generated") and generated:
+        record["generated_file"] = store.save_generated(spec["job_id"], generated)
+
+
+def fill_failure(record: dict, exc: Exception) -> None:
+    """The failure record: the error, and for a failure in training the epoch and the best result so far."""
+    from benchmarks.core.engine import TrainingFailure
+
+    if isinstance(exc, TrainingFailure):
+        record["error"] = str(exc)
+        record["failed_epoch"] = exc.epoch
+        if exc.__cause__ is not None:
+            record["traceback"] = "".join(traceback.format_exception(exc.__cause__, limit=8))[-4000:]
+        if exc.partial is not None and exc.partial.best_epoch >= 0:
+            fill_result(record, exc.partial)
+    elif isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        record["error"] = f"out of memory: {exc}".strip()
+    else:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["traceback"] = "".join(traceback.format_exception(exc, limit=8))[-4000:]
 
 
 class _restored:
@@ -311,7 +348,7 @@ def load_generated_for(spec: dict) -> dict:
     return store.load_generated(best["job_id"])
 
 
-def _fill(record: dict, result) -> None:
+def fill_result(record: dict, result) -> None:
     record.update({
         "best_epoch": result.best_epoch, "valid": result.valid, "test": result.test,
         "epochs_run": result.epochs_run, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
@@ -335,6 +372,3 @@ def _r(x):
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
-
-def spec_dict(ref: DatasetRef) -> dict:
-    return asdict(ref)

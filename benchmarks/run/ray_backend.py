@@ -37,6 +37,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from benchmarks.run.devices import parse_device
 from benchmarks.run.jobs import load_generated_for
 from benchmarks.run.runner import MAX_WORKER_CRASHES, _crash_record
 from benchmarks.run.store import ResultStore
@@ -81,11 +82,11 @@ def job_resources(cfg: dict) -> dict:
 
 def job_device(cfg: dict, num_gpus: float) -> str:
     """The device a job uses inside its Ray task (see the module docstring)."""
-    device = str(cfg.get("device") or "auto")
+    kind, _ = parse_device(cfg.get("device"))
     if num_gpus > 0:
-        return "cpu" if device == "cpu" else "cuda"
-    if device.startswith("cuda"):
-        raise RayBackendError(f"device {device!r} asks for a GPU but resources_gpus is 0: set e.g. "
+        return "cpu" if kind == "cpu" else "cuda"
+    if kind == "cuda":
+        raise RayBackendError(f"device {cfg.get('device')!r} asks for a GPU but resources_gpus is 0: set e.g. "
                               f"--set resources_gpus=1 (or 0.5 to share a GPU between two jobs)")
     return "cpu"
 

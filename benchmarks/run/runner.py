@@ -15,12 +15,14 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks import registry_entry
+from benchmarks.run.discovery import registry_entry
 from benchmarks.run.config import check_sets, check_values, expand_grid, resolve
-from benchmarks.run.jobs import DEFAULT_DATA_ROOT, PAPER_DATASETS, DatasetRef, code_version, job_id, load_dataset, resolve_dataset, run_job, spec_dict
+from benchmarks.run.devices import parse_device, resolve_device
+from benchmarks.run.jobs import (DEFAULT_DATA_ROOT, PAPER_DATASETS, RECORD_FIELDS, code_version, job_id, load_dataset,
+                                 resolve_dataset, run_job)
 from benchmarks.run.progress import ProgressBoard, QueueDrain, job_label
 from benchmarks.core.protocols import GENERATOR_MODEL, check_axes, get_protocol
 from benchmarks.run.store import ResultStore
@@ -154,14 +156,16 @@ def _job_specs(entry, proto, ref, cfg: dict, ratio: float, seed: int, fingerprin
         settings = settings[:int(cfg["grid_limit"])]
     out = []
     for setting in settings:
-        setting = dict(setting, seed=seed, missing_ratio=ratio)
-        identity = dict(group_identity, config=identity_config(setting))
+        # The job's seed and ratio are spec fields, not configuration; its identity hashes them
+        # inside the configuration, where they always were, so that job ids stay what they were.
+        config = {k: v for k, v in setting.items() if k != "missing_ratio"}
+        identity = dict(group_identity, config=identity_config(dict(config, seed=seed, missing_ratio=ratio)))
         out.append({
             "job_id": job_id(identity), "grid_group": job_id(group_identity),
             "grid_keys": setting["grid_keys"], "grid_size": len(settings),
             "model": entry.name, "group": entry.group, "dataset": ref.name,
-            "dataset_kind": ref.kind, "data_source": ref.source, "dataset_ref": spec_dict(ref),
-            "protocol": proto.job_protocol, "missing_ratio": ratio, "seed": seed, "config": setting,
+            "dataset_kind": ref.kind, "data_source": ref.source, "dataset_ref": asdict(ref),
+            "protocol": proto.job_protocol, "missing_ratio": ratio, "seed": seed, "config": config,
             "fingerprint": fingerprint, "code_version": version,
             "results_dir": opts.results_dir, "cache_dir": opts.cache_dir, **extra,
         })
@@ -331,9 +335,7 @@ def _run_reporting(spec: dict) -> dict:
 
 
 def _crash_record(spec: dict) -> dict:
-    rec = {k: spec[k] for k in ("job_id", "grid_group", "model", "group", "dataset", "dataset_kind", "data_source",
-                                "protocol", "missing_ratio", "seed", "fingerprint", "code_version", "grid_keys",
-                                "grid_size", "config")}
+    rec = {k: spec[k] for k in RECORD_FIELDS}
     rec.update(status="failed", error="the worker process died twice while running this job "
                                       "(killed, or out of memory at the operating-system level)")
     return rec
@@ -363,27 +365,15 @@ def gpu_worker_slots(device: str | None, jobs_per_gpu: int = 1, gpu_count: int |
     With G visible GPUs and ``device`` auto or cuda: G*K slots, slot s on ``cuda:{s % G}``;
     ``cuda:N``: K slots on GPU N; ``cpu``, or auto without a GPU: None.
     """
-    import re
-
     import torch
     if jobs_per_gpu < 1:
         raise ValueError(f"--jobs-per-gpu must be >= 1, got {jobs_per_gpu}")
-    device = str(device or "auto")
-    m = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", device)
-    if not m or (m.group(2) is not None and m.group(1) != "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if m.group(1) == "cpu":
-        return None
     gpus = torch.cuda.device_count() if gpu_count is None else gpu_count
-    if gpus == 0:
-        if m.group(1) == "cuda":
-            raise ValueError(f"device {device!r} requested but no CUDA GPU is visible")
+    resolved = resolve_device(device, gpus)
+    if resolved.type == "cpu":
         return None
-    if m.group(2) is not None:
-        index = int(m.group(2))
-        if index >= gpus:
-            raise ValueError(f"device {device!r} requested but only {gpus} GPU(s) are visible (cuda:0..cuda:{gpus - 1})")
-        return [device] * jobs_per_gpu
+    if resolved.index is not None:
+        return [str(resolved)] * jobs_per_gpu
     return [f"cuda:{s % gpus}" for s in range(gpus * jobs_per_gpu)]
 
 
@@ -398,8 +388,7 @@ def _slot_worker_init(threads: int, progress_queue, slots) -> None:
 
 def _run_on_slot(spec: dict) -> dict:
     """Run a job on this worker's device (a job configured for the CPU stays there)."""
-    device = str(spec["config"].get("device") or "auto")
-    if _SLOT_DEVICE is not None and (device == "auto" or device.startswith("cuda")):
+    if _SLOT_DEVICE is not None and parse_device(spec["config"].get("device"))[0] != "cpu":
         spec = dict(spec, config=dict(spec["config"], device=_SLOT_DEVICE))
     return _run_reporting(spec)
 
