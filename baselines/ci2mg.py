@@ -8,7 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import hypergraph_conv, lightgcn, sinkhorn_transport, spmm_t, ui_adjacency_rw
+from models.graphs.propagation import hypergraph_conv, lightgcn
+from models.graphs.sparse import spmm_t
+from models.graphs.transport import sinkhorn_transport
+from models.graphs.user_item import ui_adjacency_rw
 from models.losses import bpr_loss, info_nce
 from models.registry import register
 

@@ -29,8 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import (binary_sym_normalize, built_on, cooccurrence_graph, denoised_knn_graphs, lightgcn,
-                           sparse_with_transpose, spmm_t, ui_adjacency)
+from models.graphs.item_item import cooccurrence_graph
+from models.graphs.knn import built_on, denoised_knn_graphs
+from models.graphs.propagation import lightgcn
+from models.graphs.sparse import binary_sym_normalize, sparse_with_transpose, spmm_t
+from models.graphs.user_item import ui_adjacency
 from models.losses import neighbour_discrimination, symmetric_bernoulli_kl
 from models.registry import register
 

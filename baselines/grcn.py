@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import EdgeGraph, segment_softmax, ui_edges
+from models.graphs.propagation import EdgeGraph, segment_softmax
+from models.graphs.user_item import ui_edges
 from models.losses import bpr_loss
 from models.registry import register
 

@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import (cached_knn_graph, lightgcn, sparse_with_transpose, spmm_t, topk_cosine_edges,
-                           ui_adjacency_rw_self_loops, weighted_propagate)
+from models.graphs.knn import cached_knn_graph, topk_cosine_edges
+from models.graphs.propagation import lightgcn, weighted_propagate
+from models.graphs.sparse import sparse_with_transpose, spmm_t
+from models.graphs.user_item import ui_adjacency_rw_self_loops
 from models.losses import bpr_loss, squared_l2
 from models.registry import register
 

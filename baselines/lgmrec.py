@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import hypergraph_propagate, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency
+from models.graphs.propagation import hypergraph_propagate, lightgcn
+from models.graphs.sparse import sparse_with_transpose, spmm_t
+from models.graphs.user_item import ui_adjacency
 from models.losses import bpr_loss, distinct, emb_norm, nce_over_lowrank_candidates
 from models.registry import register
 

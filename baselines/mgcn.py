@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import (cached_knn_graph, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency, ui_sym_scipy,
-                           user_item_block)
+from models.graphs.knn import cached_knn_graph
+from models.graphs.propagation import lightgcn
+from models.graphs.sparse import sparse_with_transpose, spmm_t
+from models.graphs.user_item import ui_adjacency, ui_sym_scipy, user_item_block
 from models.losses import batch_info_nce, bpr_loss, squared_l2
 from models.registry import register
 

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import spmm, ui_mean_adjacency
+from models.graphs.sparse import spmm
+from models.graphs.user_item import ui_mean_adjacency
 from models.losses import bpr_loss
 from models.registry import register
 

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import spmm_t, ui_adjacency
+from models.graphs.sparse import spmm_t
+from models.graphs.user_item import ui_adjacency
 from models.losses import bpr_loss, emb_norm
 from models.registry import register
 

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import EdgeDropper, lightgcn, ui_adjacency
+from models.graphs.propagation import lightgcn
+from models.graphs.user_item import EdgeDropper, ui_adjacency
 from models.losses import bpr_loss, info_nce_eps_fused
 from models.registry import register
 

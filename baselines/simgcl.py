@@ -6,7 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import lightgcn, spmm_t, ui_adjacency
+from models.graphs.propagation import lightgcn
+from models.graphs.sparse import spmm_t
+from models.graphs.user_item import ui_adjacency
 from models.losses import bpr_loss, info_nce_eps_fused
 from models.registry import register
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import spmm, ui_adjacency
+from models.graphs.sparse import spmm
+from models.graphs.user_item import ui_adjacency
 from models.losses import ce_nce
 from models.registry import register
 

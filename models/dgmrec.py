@@ -48,7 +48,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import built_on, knn_graph, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency
+from models.graphs.knn import built_on, knn_graph
+from models.graphs.propagation import lightgcn
+from models.graphs.sparse import sparse_with_transpose, spmm_t
+from models.graphs.user_item import ui_adjacency
 from models.losses import bpr_loss, distinct, emb_norm, info_nce_indexed as nce
 from models.registry import register
 

@@ -17,7 +17,7 @@ from models.task import EvalSet, Task
 from data_prep.masks import per_modality_missing
 from data_prep.synthetic import make_replica
 from models.dgmrec import CLUBSample, blend_rows, perturb
-from models.graphs import knn_graph
+from models.graphs.knn import knn_graph
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
