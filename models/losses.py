@@ -1,4 +1,5 @@
-"""Loss building blocks shared by every model (spec names in brackets)."""
+"""Loss building blocks of the models, each written once (the ranking losses, regularisers and
+contrastive terms several models share, and the few one model needs in a chunked form)."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -10,8 +11,8 @@ import torch.nn.functional as F
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor, gamma: float | None = None) -> torch.Tensor:
     """Bayesian personalised ranking: mean of -log σ(s⁺ - s⁻).
 
-    ``gamma=None`` is the stable logsigmoid form [BPR]; ``gamma=1e-10`` reproduces the
-    reference ``BPRLoss`` class, -log(γ + σ(s⁺ - s⁻)) [BPR_γ].
+    ``gamma=None`` is the stable logsigmoid form; ``gamma=1e-10`` reproduces the
+    reference ``BPRLoss`` class, -log(γ + σ(s⁺ - s⁻)).
     """
     diff = pos - neg
     if gamma is None:
@@ -20,22 +21,22 @@ def bpr_loss(pos: torch.Tensor, neg: torch.Tensor, gamma: float | None = None) -
 
 
 def emb_norm(*embeddings: torch.Tensor) -> torch.Tensor:
-    """Sum of Frobenius norms (not squared) over the rows of the last tensor [EmbNorm]."""
+    """Sum of Frobenius norms (not squared) over the rows of the last tensor."""
     total = sum(torch.linalg.norm(e) for e in embeddings)
     return total / embeddings[-1].shape[0]
 
 
 def squared_l2(*embeddings: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """½ Σ ‖e‖_F² divided by the configured batch size [SqL2]."""
+    """½ Σ ‖e‖_F² divided by the configured batch size."""
     return 0.5 * sum(e.pow(2).sum() for e in embeddings) / batch_size
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, eps: float = 0.0) -> torch.Tensor:
-    """Row-aligned InfoNCE with in-batch negatives [NCE; NCE_eps with eps=1e-9].
+    """Row-aligned InfoNCE with in-batch negatives.
 
     Rows are L2-normalised; the positive of row r of ``a`` is row r of ``b`` and sits in the
     denominator with every other row of ``b``. Duplicate ids are not removed (as the
-    reference). With ``eps > 0`` the SGL/SimGCL form adds ``eps`` inside the ratio and the log.
+    reference). With ``eps > 0`` the SGL/SimGCL form adds ``eps`` inside the ratio and the log (they use 1e-9).
     """
     a = F.normalize(a, dim=1)
     b = F.normalize(b, dim=1)
@@ -87,7 +88,7 @@ def _dedup(ids: torch.Tensor):
 
 def ce_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows: torch.Tensor | None = None,
            a_ids: torch.Tensor | None = None, b_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of the logits ``a bᵀ / τ`` against the diagonal [CE_NCE] (SLMRec).
+    """Cross-entropy of the logits ``a bᵀ / τ`` against the diagonal (SLMRec).
 
     Equals ``F.cross_entropy((a @ b.T / τ)[rows], arange[rows])``. No normalisation here
     (callers normalise when the model does). ``rows`` (bool mask) keeps only those rows as loss

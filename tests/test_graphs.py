@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models.graphs.knn import built_on, knn_graph
-from models.graphs.propagation import lightgcn
+from models.graphs.propagation import lightgcn, lightgcn_backbone
 from models.graphs.sparse import sym_normalize, to_torch_sparse
 from models.graphs.user_item import bipartite
 from models.losses import bpr_loss, emb_norm, info_nce, info_nce_eps_fused, squared_l2
@@ -143,6 +143,24 @@ def test_ui_adjacency_and_lightgcn():
     got = lightgcn(adj, e0, 2)
     n = torch.tensor(norm, dtype=torch.float32)
     np.testing.assert_allclose(got.numpy(), ((e0 + n @ e0 + n @ n @ e0) / 3).numpy(), rtol=1e-5)
+
+
+def test_lightgcn_backbone_stacks_propagates_and_splits():
+    # 2 users, 3 items on a directed (not symmetric) graph, so the prepared transpose matters
+    g = torch.Generator().manual_seed(2)
+    dense = (torch.rand(5, 5, generator=g, dtype=torch.float64) * (torch.rand(5, 5, generator=g) > 0.4))
+    adj, adj_t = to_torch_sparse(dense.numpy()).double(), to_torch_sparse(dense.T.contiguous().numpy()).double()
+    users = torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    u, i = lightgcn_backbone(adj, users, items, 2, adj_t)
+    e0 = torch.cat([users, items]).detach()
+    want = (e0 + dense @ e0 + dense @ dense @ e0) / 3
+    torch.testing.assert_close(u.detach(), want[:2])
+    torch.testing.assert_close(i.detach(), want[2:])
+    w = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    gu, gi = torch.autograd.grad((torch.cat([u, i]) * w).sum(), (users, items))
+    m = (torch.eye(5, dtype=torch.float64) + dense + dense @ dense) / 3
+    torch.testing.assert_close(torch.cat([gu, gi]), m.T @ w)  # d/dE0 of Σ w ⊙ (M E0) = Mᵀ w
 
 
 def test_losses_by_hand():

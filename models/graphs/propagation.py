@@ -22,6 +22,14 @@ def lightgcn(adj: torch.Tensor, emb0: torch.Tensor, n_layers: int, adj_t: torch.
     return total / (n_layers + 1)
 
 
+def lightgcn_backbone(adj: torch.Tensor, users: torch.Tensor, items: torch.Tensor, n_layers: int,
+                      adj_t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LightGCN embeddings of users and items: their tables stacked as the nodes of the
+    joint user-item graph ``adj`` (users first), propagated by ``lightgcn``, split back."""
+    out = lightgcn(adj, torch.cat([users, items], dim=0), n_layers, adj_t)
+    return out[:users.shape[0]], out[users.shape[0]:]
+
+
 def segment_softmax(logits: torch.Tensor, index: torch.Tensor, n_segments: int) -> torch.Tensor:
     """Softmax of ``logits`` over the entries that share the same ``index`` (edge softmax per
     target node). The per-segment maximum is subtracted (detached) for stability."""
