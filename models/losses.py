@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor, gamma: float | None = None) -> torch.Tensor:
@@ -318,3 +319,54 @@ def symmetric_bernoulli_kl(logit_p: torch.Tensor, logit_q: torch.Tensor) -> torc
     everywhere.
     """
     return (torch.sigmoid(logit_p) - torch.sigmoid(logit_q)) * (logit_p - logit_q)
+
+
+def masked_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Element-mean squared error; an empty row set contributes 0 instead of NaN."""
+    if a.shape[0] == 0:
+        return a.new_zeros(())
+    return F.mse_loss(a, b)
+
+
+class _DecoderMSE(torch.autograd.Function):
+    """MSE(z Wᵀ + b, X) (element mean) in row chunks, with its gradients taken in the same pass.
+
+    The decoder output and the residual exist one chunk at a time, so the recon loss of a
+    63,001 × 4096 table costs one gradient-sized buffer for X instead of four; the input z
+    is the detached decoder input, so it gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, z, weight, bias, target):
+        n, dim = target.shape
+        total = max(n * dim, 1)
+        chunk = max(1, (1 << 24) // max(dim, 1))
+        need_t = ctx.needs_input_grad[3]
+        g_w, g_b = torch.zeros_like(weight), torch.zeros_like(bias)
+        g_x = torch.empty_like(target) if need_t else None
+        loss = z.new_zeros(())
+        with torch.no_grad():
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                diff = torch.addmm(bias, z[lo:hi], weight.T).sub_(target[lo:hi])
+                flat = diff.reshape(-1)
+                loss += torch.dot(flat, flat)
+                diff.mul_(2.0 / total)
+                g_w.addmm_(diff.T, z[lo:hi])
+                g_b += diff.sum(dim=0)
+                if need_t:
+                    torch.neg(diff, out=g_x[lo:hi])
+        ctx.grads = (g_w, g_b, g_x)
+        return loss / total
+
+    @staticmethod
+    def backward(ctx, grad):
+        g_w, g_b, g_x = ctx.grads
+        ctx.grads = None
+        return (None, g_w * grad, g_b * grad, g_x.mul_(grad) if g_x is not None else None)
+
+
+def decoder_mse(decoder: nn.Linear, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``F.mse_loss(decoder(z), target)`` for a detached ``z`` (gradients reach the decoder and target):
+    DGMRec's reconstruction of the raw feature tables."""
+    return _DecoderMSE.apply(z.detach(), decoder.weight, decoder.bias, target)
