@@ -343,7 +343,7 @@ def compare_devices(model_name: str, dataset, protocol_name: str, device: str, *
 # --------------------------------------------------------------------------- graphs built on the device
 
 def compare_knn_graphs(dataset, device: str, k: int = 10, tolerance: float = 1e-5) -> list[dict]:
-    """kNN item graphs (``graphs.knn_graph``, every mask kind) built from the same masked,
+    """kNN item graphs (``models.graphs.knn.knn_graph``, every mask kind) built from the same masked,
     imputed features on the CPU and on ``device``: per graph, the rows whose neighbours differ
     beyond near-ties (a neighbour in one graph only must have a CPU similarity within
     ``tolerance`` of the row's k-th) and the largest weight difference on shared edges."""

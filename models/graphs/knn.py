@@ -136,7 +136,7 @@ def topk_cosine_edges(x: torch.Tensor, k: int, exclude: np.ndarray | None = None
     k = min(k, n)
     xn = F.normalize(x, dim=1)
     xd = xn.detach()
-    ex = torch.as_tensor(exclude, dtype=torch.bool, device=x.device) if exclude is not None and np.any(exclude) else None
+    ex = _flags(exclude, x.device)
     chunk = chunk_rows or rows_per_chunk(n)
     cols = []
     with torch.no_grad():
@@ -176,9 +176,8 @@ def denoised_knn_graphs(xs: list, k: int, *, norm_eps: float = 0.0, isolate: lis
         xn.append(x / norm.clamp_min(1e-12))
     dev = xn[0].device
     means = [float((v.sum(0) @ v.sum(0)) / (n * n)) for v in xn]
-    isolate = [None if a is None or not np.any(a) else torch.as_tensor(a, dtype=torch.bool, device=dev)
-               for a in (isolate or [None] * len(xs))]
-    excl = torch.as_tensor(exclude, dtype=torch.bool, device=dev) if exclude is not None and np.any(exclude) else None
+    isolate = [_flags(a, dev) for a in (isolate or [None] * len(xs))]
+    excl = _flags(exclude, dev)
     chunk = chunk_rows or rows_per_chunk(n, len(xs) + 1)
     parts = [([], []) for _ in xs]
     with torch.no_grad():
