@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.modalities import Modalities
 from models.base import Recommender
-from models.graphs import lightgcn, ui_adjacency
+from models.graphs.propagation import lightgcn_backbone
+from models.graphs.user_item import ui_adjacency
+from models.layers import xavier_table
 from models.losses import emb_norm
 from models.registry import register
 
@@ -37,16 +40,16 @@ class BM3(Recommender):
         self.dropout = float(config["dropout"])
         self.fix_new_item_scores = bool(config.get("fix_new_item_scores", False))
         fix_audio_init = bool(config.get("fix_audio_init", False))
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        item = nn.init.xavier_uniform_(torch.empty(self.n_items, d))
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
         new = torch.from_numpy(np.asarray(task.new_items, dtype=bool))
-        item[new] = 0.0                                    # new items start (and stay) at zero
-        self.item_embedding = nn.Parameter(item)
+        with torch.no_grad():
+            self.item_embedding[new] = 0.0                 # new items start (and stay) at zero
         self.register_buffer("new_items", new.to(self.device), persistent=False)
         self.adj = ui_adjacency(task)
         self.predictor = nn.Linear(d, d)
         nn.init.xavier_normal_(self.predictor.weight)
-        self.order = [m for m in ("v", "t", "a") if m in task.modalities]
+        self.order = Modalities(task.modalities)
         # raw features are trainable parameters (Embedding.from_pretrained(freeze=False) in the reference)
         self.raw = nn.ParameterDict({m: nn.Parameter(task.features[m].clone()) for m in self.order})
         self.trs = nn.ModuleDict({m: nn.Linear(task.features[m].shape[1], d) for m in self.order})
@@ -57,14 +60,13 @@ class BM3(Recommender):
             nn.init.xavier_normal_(self.trs["a" if fix_audio_init else "t"].weight)
         # 2-modality data: zero the online projections of items missing the modality
         self.keep = {}
-        if len(self.order) < 3 and task.missing_modal:
+        if not self.order.has_audio and task.missing_modal:
             self.keep = {m: torch.from_numpy(~task.missing[m]).float().unsqueeze(1).to(self.device)
                          for m in self.order}
 
     def forward(self):
-        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
-        out = lightgcn(self.adj, ego, self.n_layers)
-        return out[:self.n_users], out[self.n_users:] + self.item_embedding
+        users, items = lightgcn_backbone(self.adj, self.user_embedding, self.item_embedding, self.n_layers)
+        return users, items + self.item_embedding
 
     def projections(self, items=None):
         """T_m(Φ_m) of every item (or of ``items``), zeroed where the 2-modality mask says missing."""

@@ -11,8 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.modalities import Modalities
 from models.base import Recommender
-from models.graphs import hypergraph_conv, lightgcn, sinkhorn_transport, spmm_t, ui_adjacency_rw
+from models.graphs.propagation import hypergraph_conv, lightgcn_backbone
+from models.graphs.sparse import spmm_t
+from models.graphs.transport import sinkhorn_transport
+from models.graphs.user_item import ui_adjacency_rw
+from models.layers import xavier_table
 from models.losses import bpr_loss, info_nce
 from models.registry import register
 
@@ -28,7 +33,7 @@ class CI2MG(Recommender):
     def __init__(self, config, task):
         super().__init__(config, task)
         d = int(config["embedding_size"])
-        self.mods = tuple(task.modalities)
+        self.mods = Modalities(task.modalities)
         self.n_layers = int(config["n_ui_layers"])
         self.n_hyper = int(config["n_hyper_layers"])
         self.lamb_1, self.lamb_2 = float(config["lamb_1"]), float(config["lamb_2"])
@@ -46,17 +51,16 @@ class CI2MG(Recommender):
                 f"CI2MG needs a dense n_items x n_items Sinkhorn kernel: {self.n_items:,}^2 float32 = "
                 f"{kernel_gib:.1f} GiB alive at a time (plus the model), above {source}; {hint}")
         # Kernels kept for the backward pass while they fit; otherwise recomputed there in row blocks.
-        self.keep_kernels = len(self.mods) * kernel_gib <= float(config["keep_kernels_gib"])
+        self.keep_kernels = self.mods.count * kernel_gib <= float(config["keep_kernels_gib"])
         self.adj = ui_adjacency_rw(task)
         self.adj_t = self.adj.t().to_sparse_csr()  # for backward passes (D^-1 A is not symmetric)
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
         for m in self.mods:  # frozen raw features (Embedding.from_pretrained(freeze=True))
             self.register_buffer(f"feat_{m}", self.feature(m).float().clone(), persistent=False)
         self.proj = nn.ModuleDict({m: nn.Linear(self.feature(m).shape[1], d) for m in self.mods})
         n_proto = int(config["n_prototypes"])
-        self.prototypes = nn.ParameterDict(
-            {m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_proto, d))) for m in self.mods})
+        self.prototypes = nn.ParameterDict({m: xavier_table(n_proto, d) for m in self.mods})
         self.hyper = nn.ModuleDict({m: nn.Linear(n_proto, n_proto, bias=False) for m in self.mods})  # default init
         self.enhance = nn.ModuleDict({m: nn.Linear(2 * d, d) for m in self.mods})
         for m in self.mods:
@@ -71,7 +75,7 @@ class CI2MG(Recommender):
         # Items whose modality is observed enter that modality's reconstruction (and contrastive) term;
         # the reference's three-modality path uses the text set for audio.
         observed = {m: torch.as_tensor(~task.missing[m], device=self.device) for m in self.mods}
-        if "a" in observed and not config["fix_audio_index"]:
+        if self.mods.has_audio and not config["fix_audio_index"]:
             observed["a"] = observed["t"]
         self.observed = observed
 
@@ -79,8 +83,8 @@ class CI2MG(Recommender):
     def forward_all(self):
         """Final user/item vectors plus the pieces the loss needs, for all users and items."""
         U = self.n_users
-        ids = lightgcn(self.adj, torch.cat([self.user_embedding, self.item_embedding], dim=0), self.n_layers,
-                         self.adj_t)
+        user_ids, item_ids = lightgcn_backbone(self.adj, self.user_embedding, self.item_embedding, self.n_layers,
+                                               self.adj_t)
         raw, users_m, y = {}, {}, {}
         for m in self.mods:
             r = self.proj[m](getattr(self, f"feat_{m}"))
@@ -101,8 +105,8 @@ class CI2MG(Recommender):
                 g = g + (self.offsets[m] @ y[m]).unsqueeze(0)
             gen[m] = g
             enh[m] = self.bn(self.enhance[m](torch.cat([y[m], g], dim=1)))
-        user = torch.cat([ids[:U]] + [F.normalize(users_m[m], dim=1) for m in self.mods], dim=1)
-        item = torch.cat([ids[U:]] + [F.normalize(enh[m], dim=1) for m in self.mods], dim=1)
+        user = torch.cat([user_ids] + [F.normalize(users_m[m], dim=1) for m in self.mods], dim=1)
+        item = torch.cat([item_ids] + [F.normalize(enh[m], dim=1) for m in self.mods], dim=1)
         return user, item, raw, y, gen, enh
 
     # ------------------------------------------------------------------ loss

@@ -12,11 +12,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from data_prep.modalities import Modalities
 from models.base import Recommender
-from models.graphs import (binary_sym_normalize, built_on, cooccurrence_graph, denoised_knn_graphs, lightgcn,
-                           sparse_with_transpose, spmm_t, ui_adjacency)
+from models.graphs.item_item import cooccurrence_graph
+from models.graphs.knn import built_on, denoised_knn_graphs
+from models.graphs.propagation import lightgcn_backbone
+from models.graphs.sparse import binary_sym_normalize, sparse_with_transpose, spmm_t
+from models.graphs.user_item import ui_adjacency
+from models.layers import xavier_table
 from models.losses import neighbour_discrimination, symmetric_bernoulli_kl
 from models.registry import register
 
@@ -39,14 +43,14 @@ class DAMRS(Recommender):
         self.kl_weight = float(config["kl_weight"])
         self.neighbor_weight = float(config["neighbor_weight"])
         self.nd_temp = float(config["nd_temperature"])
-        self.mods = tuple(task.modalities)
-        self.three = len(self.mods) == 3
+        self.mods = Modalities(task.modalities)
+        self.three = self.mods.has_audio
         # Pseudo-label / neighbour-set size: hard-coded 10 in the two-modality path, knn_k in the other.
         self.pseudo_k = self.knn_k if self.three else 10
         self.fix_mask_missing = bool(config["fix_mask_missing"])
 
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
         self.adj = ui_adjacency(task)
 
         infer = self._knn_graphs(task, exclude_new=False)
@@ -96,8 +100,7 @@ class DAMRS(Recommender):
 
     # ------------------------------------------------------------------ forward
     def forward(self, infer: bool):
-        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
-        out = lightgcn(self.adj, ego, self.n_ui_layers)
+        users, items = lightgcn_backbone(self.adj, self.user_embedding, self.item_embedding, self.n_ui_layers)
         graphs = self.graphs_infer if infer else self.graphs_train
         h = {}
         for v in self.views:
@@ -105,7 +108,7 @@ class DAMRS(Recommender):
             for _ in range(self.n_mm_layers):
                 x = spmm_t(*graphs[v], x)
             h[v] = x
-        return out[:self.n_users], out[self.n_users:], h
+        return users, items, h
 
     def _view_mean(self, h):
         return sum(h[v] for v in self.views) / len(self.views)

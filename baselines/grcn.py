@@ -11,13 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import EdgeGraph, segment_softmax, ui_edges
+from models.graphs.propagation import EdgeGraph, segment_softmax
+from models.graphs.user_item import ui_edges
+from models.layers import xavier_normal
 from models.losses import bpr_loss
 from models.registry import register
-
-
-def _xavier_normal(*shape):
-    return nn.init.xavier_normal_(torch.empty(*shape))
 
 
 @register("GRCN")
@@ -40,12 +38,12 @@ class GRCN(Recommender):
         self.order = [m for m in ("v", "a", "t") if m in task.modalities]
         for m in self.order:
             self.register_buffer(f"feat_{m}", task.features[m], persistent=False)
-        self.preference = nn.ParameterDict({m: nn.Parameter(_xavier_normal(self.n_users, d_c)) for m in self.order})
+        self.preference = nn.ParameterDict({m: nn.Parameter(xavier_normal(self.n_users, d_c)) for m in self.order})
         self.mlp = nn.ModuleDict({m: nn.Linear(task.features[m].shape[1], d_c) for m in self.order})
         for layer in self.mlp.values():
             nn.init.xavier_normal_(layer.weight)
-        self.confidence = nn.Parameter(_xavier_normal(self.n_users + self.n_items, len(self.order)))
-        self.id_embedding = nn.Parameter(_xavier_normal(self.n_users + self.n_items, d))
+        self.confidence = nn.Parameter(xavier_normal(self.n_users + self.n_items, len(self.order)))
+        self.id_embedding = nn.Parameter(xavier_normal(self.n_users + self.n_items, d))
         self._cached = None  # representation of the last training batch (the reference's self.result)
 
     # ------------------------------------------------------------------ content branch

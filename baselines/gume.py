@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from data_prep.modalities import Modalities
 from models.base import Recommender
-from models.graphs import (cached_knn_graph, lightgcn, shared_neighbours, sparse_with_transpose, spmm_t,
-                           ui_sym_scipy, user_item_block)
+from models.graphs.item_item import shared_neighbours
+from models.graphs.knn import cached_knn_graph
+from models.graphs.propagation import lightgcn
+from models.graphs.sparse import sparse_with_transpose, spmm_t
+from models.graphs.user_item import ui_sym_scipy, user_item_block
+from models.layers import sign_perturb, xavier_table
 from models.losses import batch_info_nce, bpr_loss, distinct, squared_l2
 from models.registry import register
 
@@ -49,15 +53,12 @@ class GUME(Recommender):
         self.fix_new_item_grad = bool(config["fix_new_item_grad"])
         self.fix_align_index = bool(config["fix_align_index"])
         self.fix_ii_edges = bool(config["fix_ii_edges"])
-        self.mods = tuple(task.modalities)
-        self.three = len(self.mods) == 3
+        self.mods = Modalities(task.modalities)
+        self.three = self.mods.has_audio
 
-        def table(n):
-            return nn.Parameter(nn.init.xavier_uniform_(torch.empty(n, d)))
-
-        self.user_embedding = table(self.n_users)
-        self.item_embedding = table(self.n_items)
-        self.ext_user = nn.ParameterDict({m: table(self.n_users) for m in self.mods})
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
+        self.ext_user = nn.ParameterDict({m: xavier_table(self.n_users, d) for m in self.mods})
         self.features = nn.ParameterDict({m: nn.Parameter(task.features[m].clone()) for m in self.mods})
         self.space_trans = nn.ModuleDict({m: nn.Sequential(nn.Linear(task.features[m].shape[1], d),
                                                            nn.Linear(d, d), nn.Sigmoid()) for m in self.mods})
@@ -114,22 +115,20 @@ class GUME(Recommender):
         att = torch.softmax(torch.cat([self.separate_coarse(explicit[m]) for m in self.mods], dim=1), dim=1)
         coarse = sum(att[:, j:j + 1] * explicit[m] for j, m in enumerate(self.mods))
         fine = [self.behavior[m](ext_id) * (explicit[m] - coarse) for m in self.mods]
-        integ = (sum(fine) + coarse) / (len(self.mods) + 1)
+        integ = (sum(fine) + coarse) / (self.mods.count + 1)
         return ext_id + integ, integ, ext_id, ext_it, explicit
 
     # ------------------------------------------------------------------ loss
     def _noise_nce(self, emb: torch.Tensor, users) -> torch.Tensor:
         """InfoNCE between two noisy copies of the whole table, on the batch users."""
-        def perturb(x):
-            return x + torch.sign(x) * F.normalize(torch.rand_like(x), dim=-1) * self.noise_scale
-
-        return batch_info_nce(perturb(emb), perturb(emb), users, self.um_temp)
+        return batch_info_nce(sign_perturb(emb, self.noise_scale), sign_perturb(emb, self.noise_scale), users,
+                              self.um_temp)
 
     def alignment(self, explicit: dict, items: torch.Tensor) -> torch.Tensor:
         """Moment alignment of the modality views over ``items`` (mean over modality pairs).
 
         The views are [users; items]; the reference indexes them with raw item ids, i.e. it
-        aligns the rows of USERS with those ids (defect #13a, ``fix_align_index``).
+        aligns the rows of USERS with those ids (kept by default; ``fix_align_index`` aligns the items).
         """
         rows = items + self.n_users if self.fix_align_index else items
         pairs = ALIGN_3 if self.three else ((self.mods[0], self.mods[1]),)

@@ -12,9 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.modalities import Modalities
 from models.base import Recommender
-from models.graphs import (cached_knn_graph, lightgcn, sparse_with_transpose, spmm_t, topk_cosine_edges,
-                           ui_adjacency_rw_self_loops, weighted_propagate)
+from models.graphs.knn import cached_knn_graph, topk_cosine_edges
+from models.graphs.propagation import lightgcn_backbone, weighted_propagate
+from models.graphs.sparse import sparse_with_transpose, spmm_t
+from models.graphs.user_item import ui_adjacency_rw_self_loops
+from models.layers import xavier_table
 from models.losses import bpr_loss, squared_l2
 from models.registry import register
 
@@ -37,12 +41,12 @@ class LATTICE(Recommender):
         if self.cf_model not in ("lightgcn", "mf"):
             raise ValueError(f"LATTICE cf_model must be 'lightgcn' or 'mf', got {self.cf_model!r}")
         self.fix_inference = bool(config["fix_inference_normalization"])
-        self.mods = tuple(task.modalities)
-        self.three = len(self.mods) == 3
+        self.mods = Modalities(task.modalities)
+        self.three = self.mods.has_audio
         self.new = task.new_items if (task.new_item_mode and not self.three) else None
 
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
         if self.new is not None:
             with torch.no_grad():
                 self.item_embedding[torch.from_numpy(self.new)] = 0.0
@@ -50,11 +54,11 @@ class LATTICE(Recommender):
         self.features = nn.ParameterDict({m: nn.Parameter(task.features[m].clone()) for m in self.mods})
         self.trs = nn.ModuleDict({m: nn.Linear(task.features[m].shape[1], int(config["feat_embed_dim"]))
                                   for m in self.mods})
-        init = [0.3, 0.3, 0.4] if self.three else [1.0 / len(self.mods)] * len(self.mods)
+        init = [0.3, 0.3, 0.4] if self.three else [1.0 / self.mods.count] * self.mods.count
         self.modal_weight = nn.Parameter(torch.tensor(init))
 
         adj = ui_adjacency_rw_self_loops(task)
-        self.adj = (adj, adj.to_sparse_coo().t().coalesce().to_sparse_csr())  # G2 and its transpose
+        self.adj = (adj, adj.to_sparse_coo().t().coalesce().to_sparse_csr())  # not symmetric: keep its transpose
         mask = "none" if self.three else "after"
         self.static = {m: cached_knn_graph(task, m, self.knn_k, mask) for m in self.mods}
         self.static_t = [sparse_with_transpose(self.static[m], self.device) for m in self.mods]
@@ -127,9 +131,7 @@ class LATTICE(Recommender):
     def _cf(self):
         if self.cf_model == "mf":
             return self.user_embedding, self.item_embedding
-        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
-        out = lightgcn(self.adj[0], ego, self.n_ui_layers, self.adj[1])
-        return out[:self.n_users], out[self.n_users:]
+        return lightgcn_backbone(self.adj[0], self.user_embedding, self.item_embedding, self.n_ui_layers, self.adj[1])
 
     def forward(self):
         first = self._build or self._epoch_adj is None

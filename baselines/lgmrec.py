@@ -12,8 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.modalities import Modalities
 from models.base import Recommender
-from models.graphs import hypergraph_propagate, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency
+from models.graphs.propagation import hypergraph_propagate, lightgcn
+from models.graphs.sparse import sparse_with_transpose, spmm_t
+from models.graphs.user_item import ui_adjacency
+from models.layers import xavier_table
 from models.losses import bpr_loss, distinct, emb_norm, nce_over_lowrank_candidates
 from models.registry import register
 
@@ -40,21 +44,19 @@ class LGMRec(Recommender):
         self.tau = float(config["tau"])
         self.fix_eval_noise = bool(config["fix_eval_noise"])
         self.fix_complete_items = bool(config["fix_complete_items"])
-        self.mods = tuple(task.modalities)
-        self.three = len(self.mods) == 3
+        self.mods = Modalities(task.modalities)
+        self.three = self.mods.has_audio
 
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
         for m in self.mods:  # frozen features (freeze=True in the reference)
             self.register_buffer(f"feat_{m}", task.features[m].clone(), persistent=False)
-        self.trs = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(
-            torch.empty(task.features[m].shape[1], f))) for m in self.mods})
-        self.hyper = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(
-            torch.empty(task.features[m].shape[1], self.hyper_num))) for m in self.mods})
+        self.trs = nn.ParameterDict({m: xavier_table(task.features[m].shape[1], f) for m in self.mods})
+        self.hyper = nn.ParameterDict({m: xavier_table(task.features[m].shape[1], self.hyper_num) for m in self.mods})
 
         self.adj = ui_adjacency(task)
         r = task.train_matrix()
-        self.r = sparse_with_transpose(r, self.device)  # raw 0/1 user×item matrix (G5) and its transpose
+        self.r = sparse_with_transpose(r, self.device)  # raw 0/1 user×item matrix and its transpose
         deg_u = np.asarray(r.sum(axis=1)).ravel()
         self.register_buffer("inv_deg_u", torch.from_numpy(1.0 / (deg_u + 1e-7)).float().unsqueeze(1),
                              persistent=False)
@@ -84,7 +86,7 @@ class LGMRec(Recommender):
             item_f = x @ self.trs[m]
             y = torch.cat([spmm_t(*self.r, item_f) * self.inv_deg_u, item_f], dim=0)
             for _ in range(self.n_mm_layers):
-                y = spmm_t(self.adj, self.adj, y)  # G1 is symmetric
+                y = spmm_t(self.adj, self.adj, y)  # the normalised user-item graph is symmetric
             local = local + F.normalize(y, dim=1)
             ih = x @ self.hyper[m]
             uh = spmm_t(*self.r, ih)

@@ -4,11 +4,10 @@ Reads no features. Details and options: docs/models/LightGCN.md.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from models.base import Recommender
-from models.graphs import lightgcn, ui_adjacency
+from models.graphs.propagation import lightgcn_backbone
+from models.graphs.user_item import ui_adjacency
+from models.layers import xavier_table
 from models.losses import bpr_loss, emb_norm
 from models.registry import register
 
@@ -23,14 +22,12 @@ class LightGCN(Recommender):
         d = int(config["embedding_size"])
         self.n_layers = int(config["n_ui_layers"])
         self.reg_weight = float(config["reg_weight"])
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
         self.adj = ui_adjacency(task)
 
     def propagate(self):
-        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
-        out = lightgcn(self.adj, ego, self.n_layers)
-        return out[:self.n_users], out[self.n_users:]
+        return lightgcn_backbone(self.adj, self.user_embedding, self.item_embedding, self.n_layers)
 
     def calculate_loss(self, users, pos, neg):
         u_all, i_all = self.propagate()

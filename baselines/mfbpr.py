@@ -4,10 +4,8 @@ Reads no features. Details and options: docs/models/MFBPR.md.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from models.base import Recommender
+from models.layers import xavier_table
 from models.losses import bpr_loss, emb_norm
 from models.registry import register
 
@@ -21,8 +19,8 @@ class MFBPR(Recommender):
         super().__init__(config, task)
         d = int(config["embedding_size"])
         self.reg_weight = float(config["reg_weight"])
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
 
     def calculate_loss(self, users, pos, neg):
         u, p, n = self.user_embedding[users], self.item_embedding[pos], self.item_embedding[neg]

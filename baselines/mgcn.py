@@ -11,9 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from data_prep.modalities import Modalities
 from models.base import Recommender
-from models.graphs import (cached_knn_graph, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency, ui_sym_scipy,
-                           user_item_block)
+from models.graphs.knn import cached_knn_graph
+from models.graphs.propagation import lightgcn
+from models.graphs.sparse import sparse_with_transpose, spmm_t
+from models.graphs.user_item import ui_adjacency, ui_sym_scipy, user_item_block
+from models.layers import xavier_table
 from models.losses import batch_info_nce, bpr_loss, squared_l2
 from models.registry import register
 
@@ -33,10 +37,10 @@ class MGCN(Recommender):
         self.cl_temp = float(config["cl_temperature"])
         self.batch_size = int(config["train_batch_size"])
         self.fix_new_item_grad = bool(config["fix_new_item_grad"])
-        self.mods = tuple(task.modalities)
+        self.mods = Modalities(task.modalities)
 
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
         self.features = nn.ParameterDict({m: nn.Parameter(task.features[m].clone()) for m in self.mods})
         self.trs = nn.ModuleDict({m: nn.Linear(task.features[m].shape[1], d) for m in self.mods})
         self.gate = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.mods})
@@ -69,7 +73,7 @@ class MGCN(Recommender):
         att = torch.softmax(torch.cat([self.query_common(v) for v in views], dim=1), dim=1)
         common = sum(att[:, j:j + 1] * v for j, v in enumerate(views))
         specific = [self.prefer[m](content) * (v - common) for m, v in zip(self.mods, views)]
-        side = (sum(specific) + common) / (len(self.mods) + 1)
+        side = (sum(specific) + common) / (self.mods.count + 1)
         final = content + side
         return final[:self.n_users], final[self.n_users:], side, content
 

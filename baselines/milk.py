@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.modalities import Modalities
 from models.base import Recommender
+from models.layers import xavier_table
 from models.registry import register
 
 
@@ -33,29 +35,29 @@ class MILK(Recommender):
     def __init__(self, config, task):
         super().__init__(config, task)
         d = int(config["embedding_size"])
-        self.mods = tuple(task.modalities)
+        self.mods = Modalities(task.modalities)
         self.reg_coeff = float(config["reg_coeff"])
         self.align_coeff = float(config["align_coeff"])
         self.penalty_coeff = float(config["penalty_coeff"])
         self.alpha = float(config["alpha"])
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.user_embedding = xavier_table(self.n_users, d)
         # Raw features are trainable (Embedding.from_pretrained(freeze=False) in the reference);
         # the two-modality path L2-normalises them after imputation, the three-modality one does not.
         feats = {}
         for m in self.mods:
             x = self.feature(m).float()
-            feats[m] = nn.Parameter(F.normalize(x, dim=1) if len(self.mods) == 2 else x.clone())
+            feats[m] = nn.Parameter(x.clone() if self.mods.has_audio else F.normalize(x, dim=1))
         self.features = nn.ParameterDict(feats)
         self.proj = nn.ModuleDict({m: nn.Linear(self.features[m].shape[1], d) for m in self.mods})
         # c_i = 1 / (number of observed modalities); 0 when every modality is missing, unless fixed.
         observed = np.stack([~task.missing[m] for m in self.mods]).sum(axis=0)
         count = np.where(observed > 0, 1.0 / np.maximum(observed, 1), 0.0)
         if config["fix_zero_vectors"]:
-            count[observed == 0] = 1.0 / len(self.mods)
+            count[observed == 0] = 1.0 / self.mods.count
         self.register_buffer("modality_count", torch.tensor(count, dtype=torch.float32, device=self.device),
                              persistent=False)
         # Alignment pairs (x, y) as the reference orders them, and the items each pair leaves out.
-        pairs = [("v", "t")] if len(self.mods) == 2 else [("t", "v"), ("t", "a"), ("v", "a")]
+        pairs = [("t", "v"), ("t", "a"), ("v", "a")] if self.mods.has_audio else [("v", "t")]
         self.pairs = [(x, y) for x, y in pairs if x in self.mods and y in self.mods]
         self._excluded = {}
         for x, y in self.pairs:
@@ -74,7 +76,7 @@ class MILK(Recommender):
 
     def environments(self):
         """Equal weights, then the cyclic shifts of one Dirichlet(α) draw (numpy's global stream)."""
-        k = len(self.mods)
+        k = self.mods.count
         lam = np.random.dirichlet([self.alpha] * k)
         return [np.full(k, 1.0 / k)] + [np.roll(lam, s) for s in range(k)]
 

@@ -13,16 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import spmm, ui_mean_adjacency
+from data_prep.modalities import Modalities
+from models.graphs.sparse import spmm
+from models.graphs.user_item import ui_mean_adjacency
+from models.layers import xavier_normal
 from models.losses import bpr_loss
 from models.registry import register
 
 N_LAYERS = 3          # hard-coded in the reference (config n_layers is ignored)
 IMAGE_LATENT = 256    # the image branch's MLP width (dim_latent)
-
-
-def _xavier_normal(*shape):
-    return nn.init.xavier_normal_(torch.empty(*shape))
 
 
 class ModalityGCN(nn.Module):
@@ -37,14 +36,14 @@ class ModalityGCN(nn.Module):
         self.register_buffer("has_nb", has_nb, persistent=False)
         self.register_buffer("features", features, persistent=False)
         width = latent or features.shape[1]
-        pref = _xavier_normal(n_users, width)
+        pref = xavier_normal(n_users, width)
         if trainable_preference:
             self.preference = nn.Parameter(pref)
         else:
             self.register_buffer("preference", pref)
         self.mlp = nn.Linear(features.shape[1], latent) if latent else None
         dims = [(width, width)] + [(d_id, d_id)] * (N_LAYERS - 1)
-        self.conv_w = nn.ParameterList([nn.Parameter(_xavier_normal(i, o)) for i, o in dims])
+        self.conv_w = nn.ParameterList([nn.Parameter(xavier_normal(i, o)) for i, o in dims])
         self.conv_b = nn.ParameterList([nn.Parameter(torch.zeros(o)) for _, o in dims]) if bias_and_norm else None
         self.lin = nn.ModuleList([nn.Linear(i, d_id) for i, _ in dims])
         self.gate = nn.ModuleList([nn.Linear(o + d_id, d_id) for _, o in dims])
@@ -95,14 +94,14 @@ class MMGCN(Recommender):
         deg = torch.from_numpy(np.concatenate([task.user_degree(), task.item_degree()]))
         has_nb = (deg > 0).float().unsqueeze(1).to(self.device)
         # 3-modality data runs the reference's PyG layer (no bias, no normalisation).
-        bias_and_norm = len(task.modalities) < 3
-        order = [m for m in ("v", "t", "a") if m in task.modalities]
+        mods = Modalities(task.modalities)
+        bias_and_norm = not mods.has_audio
         self.branches = nn.ModuleDict({
             m: ModalityGCN(task.features[m], self.n_users, d, mean_adj, has_nb,
                            latent=IMAGE_LATENT if m == "v" else None, bias_and_norm=bias_and_norm,
                            trainable_preference=self.fix_embeddings)
-            for m in order})
-        id_emb = _xavier_normal(n_nodes, d)
+            for m in mods})
+        id_emb = xavier_normal(n_nodes, d)
         if self.fix_embeddings:
             self.id_embedding = nn.Parameter(id_emb)
         else:

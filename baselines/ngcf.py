@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender
-from models.graphs import spmm_t, ui_adjacency
+from models.graphs.sparse import spmm_t
+from models.graphs.user_item import ui_adjacency
+from models.layers import xavier_table
 from models.losses import bpr_loss, emb_norm
 from models.registry import register
 
@@ -28,8 +30,8 @@ class NGCF(Recommender):
         if len(self.dropout) != len(sizes):
             raise ValueError(f"NGCF: mess_dropout {self.dropout} needs one rate per layer of weight_size {sizes}")
         self.reg_weight = float(config["reg_weight"])
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
         dims = [d] + sizes
         self.gc = nn.ModuleList(nn.Linear(dims[k], dims[k + 1]) for k in range(len(sizes)))
         self.bi = nn.ModuleList(nn.Linear(dims[k], dims[k + 1]) for k in range(len(sizes)))

@@ -5,10 +5,11 @@ Reads no features. Details, options and the reference defects it can fix: docs/m
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from models.base import Recommender
-from models.graphs import EdgeDropper, lightgcn, ui_adjacency
+from models.graphs.propagation import lightgcn_backbone
+from models.graphs.user_item import EdgeDropper, ui_adjacency
+from models.layers import xavier_table
 from models.losses import bpr_loss, info_nce_eps_fused
 from models.registry import register
 
@@ -27,16 +28,15 @@ class SGL(Recommender):
         self.weighted = not bool(config["fix_edge_sampling"])
         rate_1 = float(config["drop_rate_1"])
         rate_2 = rate_1 if config["fix_drop_rates"] else float(config["drop_rate_2"])
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
         self.adj = ui_adjacency(task)
         self.dropper = EdgeDropper(task)
         self.keep = [int(self.dropper.n_edges * (1.0 - r)) for r in (rate_1, rate_2)]
 
     def propagate(self, adj):
-        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
-        out = lightgcn(adj, ego, self.n_layers)  # every view is symmetric
-        return out[:self.n_users], out[self.n_users:]
+        # every view is symmetric: its own transpose
+        return lightgcn_backbone(adj, self.user_embedding, self.item_embedding, self.n_layers)
 
     def calculate_loss(self, users, pos, neg):
         u_all, i_all = self.propagate(self.adj)

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.modalities import Modalities
 from models.base import Recommender
+from models.layers import xavier_table
 from models.losses import bpr_loss
 from models.registry import register
 
@@ -25,12 +27,12 @@ class SIBRAR(Recommender):
     def __init__(self, config, task):
         super().__init__(config, task)
         d = int(config["embedding_size"])  # 64, hard-coded in the reference
-        self.mods = tuple(task.modalities)
+        self.mods = Modalities(task.modalities)
         self.temp = float(config["temp"])
         self.lamb = float(config["lamb"])
         self.fix_sampling = bool(config["fix_modality_sampling"])
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
         self.features = nn.ParameterDict({m: nn.Parameter(self.feature(m).float().clone()) for m in self.mods})
         self.proj = nn.ModuleDict({m: nn.Linear(self.features[m].shape[1], d) for m in self.mods})
         self.fc1 = nn.Linear(d, d)
@@ -57,7 +59,7 @@ class SIBRAR(Recommender):
         positive item's observed modalities (and its id); rows with a single allowed source get
         k2 = -1 (unused). Uniform random keys, sorted, give a uniform random ordering.
         """
-        n_src = 1 + len(self.mods)
+        n_src = 1 + self.mods.count
         keys = torch.rand(len(pos), n_src, device=pos.device)
         if self.fix_sampling:
             keys = torch.where(self.available[pos], keys, torch.full_like(keys, -1.0))

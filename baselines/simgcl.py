@@ -5,11 +5,12 @@ Reads no features. Details, options and the reference defects it can fix: docs/m
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from models.base import Recommender
-from models.graphs import lightgcn, spmm_t, ui_adjacency
+from models.graphs.propagation import lightgcn_backbone
+from models.graphs.sparse import spmm_t
+from models.graphs.user_item import ui_adjacency
+from models.layers import sign_perturb, xavier_table
 from models.losses import bpr_loss, info_nce_eps_fused
 from models.registry import register
 
@@ -27,26 +28,19 @@ class SimGCL(Recommender):
         self.eps = float(config["eps"])
         self.temperature = float(config["temperature"])
         self.skip_layer0 = bool(config["fix_perturbed_layer0"])
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
         self.adj = ui_adjacency(task)
 
-    def _ego(self):
-        return torch.cat([self.user_embedding, self.item_embedding], dim=0)
-
     def propagate(self):
-        out = lightgcn(self.adj, self._ego(), self.n_layers)
-        return out[:self.n_users], out[self.n_users:]
+        return lightgcn_backbone(self.adj, self.user_embedding, self.item_embedding, self.n_layers)
 
     def perturbed(self):
         """Each layer's output plus sign(E) ⊙ norm(U[0,1)) · eps, fresh noise per layer and call."""
-        e = self._ego()
+        e = torch.cat([self.user_embedding, self.item_embedding], dim=0)
         total = None if self.skip_layer0 else e
         for _ in range(self.n_layers):
-            e = spmm_t(self.adj, self.adj, e)
-            with torch.no_grad():  # sign() has zero gradient: the noise is a constant shift for autograd
-                noise = F.normalize(torch.rand_like(e), dim=-1).mul_(self.eps).mul_(torch.sign(e))
-            e = e + noise
+            e = sign_perturb(spmm_t(self.adj, self.adj, e), self.eps)
             total = e if total is None else total + e
         out = total / (self.n_layers + (0 if self.skip_layer0 else 1))
         return out[:self.n_users], out[self.n_users:]

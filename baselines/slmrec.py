@@ -11,16 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.modalities import Modalities
 from models.base import Recommender
-from models.graphs import spmm, ui_adjacency
+from models.graphs.sparse import spmm
+from models.graphs.user_item import ui_adjacency
+from models.layers import xavier_linear, xavier_table
 from models.losses import ce_nce
 from models.registry import register
-
-
-def _linear(n_in, n_out):
-    layer = nn.Linear(n_in, n_out)
-    nn.init.xavier_uniform_(layer.weight)
-    return layer
 
 
 @register("SLMRec")
@@ -36,21 +33,21 @@ class SLMRec(Recommender):
         self.ssl_alpha = float(config["ssl_alpha"])
         self.fix_fac_mask = bool(config.get("fix_fac_mask", False))
         self.fix_stale_eval = bool(config.get("fix_stale_eval", False))
-        self.order = [m for m in ("v", "t", "a") if m in task.modalities]  # fusion order: id, v, t, a
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.order = Modalities(task.modalities)  # fusion order: id, v, t, a
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_embedding = xavier_table(self.n_items, d)
         for m in self.order:
             self.register_buffer(f"feat_{m}", F.normalize(task.features[m], dim=1), persistent=False)
-        self.dense = nn.ModuleDict({m: _linear(task.features[m].shape[1], d) for m in self.order})
-        width = d * (len(self.order) + 1)
-        self.user_fusion = _linear(width, d)
-        self.item_fusion = _linear(width, d)
+        self.dense = nn.ModuleDict({m: xavier_linear(task.features[m].shape[1], d) for m in self.order})
+        width = d * (self.order.count + 1)
+        self.user_fusion = xavier_linear(width, d)
+        self.item_fusion = xavier_linear(width, d)
         # fine-and-coarse heads: id<->image at 64 dims, then (id,image)<->text at 32 dims
-        self.g_i_iv = _linear(d, d)
-        self.g_v_iv = _linear(d, d)
-        self.g_iv_iva = _linear(d, d)
-        self.g_iva_ivat = _linear(d, d // 2)
-        self.g_t_ivat = _linear(d, d // 2)
+        self.g_i_iv = xavier_linear(d, d)
+        self.g_v_iv = xavier_linear(d, d)
+        self.g_iv_iva = xavier_linear(d, d)
+        self.g_iva_ivat = xavier_linear(d, d // 2)
+        self.g_t_ivat = xavier_linear(d, d // 2)
         self.adj = ui_adjacency(task)
         # FAC row selection per modality (v, t): items whose rows enter the loss
         self.fac_rows = {}
@@ -60,7 +57,7 @@ class SLMRec(Recommender):
                 rows = None                                   # nothing masked: every row
             elif self.fix_fac_mask:
                 rows = ~miss                                  # observed modality
-            elif len(task.modalities) < 3:
+            elif not self.order.has_audio:
                 rows = miss                                   # reference (2 modalities): inverted mask
             else:
                 rows = None                                   # reference (3 modalities): every row
@@ -70,7 +67,7 @@ class SLMRec(Recommender):
     def compute(self):
         """Fused user and item vectors, and the per-view item embeddings {id, v, t, a}."""
         d = self.user_embedding.shape[1]
-        k = len(self.order) + 1
+        k = self.order.count + 1
         items = torch.cat([self.item_embedding] + [self.dense[m](getattr(self, f"feat_{m}")) for m in self.order], 1)
         ego = torch.cat([self.user_embedding.repeat(1, k), items], dim=0)
         out, e = ego, ego  # LightGCN mean of layers 0..L, accumulated (no stacked copy)
@@ -79,7 +76,7 @@ class SLMRec(Recommender):
             out = out + e
         out = out / (self.n_layers + 1)
         u_all, i_all = out[:self.n_users], out[self.n_users:]
-        views = {name: i_all[:, j * d:(j + 1) * d] for j, name in enumerate(["id"] + self.order)}
+        views = {name: i_all[:, j * d:(j + 1) * d] for j, name in enumerate(("id",) + self.order)}
         return self.user_fusion(u_all), self.item_fusion(i_all), views
 
     def _rows(self, m, idx):

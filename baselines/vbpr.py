@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from models.base import Recommender
+from models.layers import xavier_table
 from models.losses import bpr_loss, emb_norm
 from models.registry import register
 
@@ -26,8 +27,8 @@ class VBPR(Recommender):
         order = ["t"] + [m for m in task.modalities if m != "t"] if self.fix_text_only else ["t"]
         self.input_modalities = tuple(order)
         self.register_buffer("content", torch.cat([task.features[m] for m in order], dim=1), persistent=False)
-        self.user_factors = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, 2 * d)))
-        self.item_factors = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_factors = xavier_table(self.n_users, 2 * d)
+        self.item_factors = xavier_table(self.n_items, d)
         self.projection = nn.Linear(self.content.shape[1], d)
         nn.init.xavier_normal_(self.projection.weight)
         nn.init.zeros_(self.projection.bias)

@@ -1,43 +1,13 @@
-"""DGMRec: disentangled and generative modality recommendation (SIGIR 2025), spec section 5.
+"""DGMRec: disentangled and generative modality recommendation (SIGIR 2025).
 
-One code path serves 2 modalities (Amazon: image ``v``, text ``t``) and 3 modalities (TikTok:
-``v``, ``t``, audio ``a``); which one runs is decided by ``task.modalities`` alone.
-
-Model (d = ``embedding_size``; superscript m a modality):
-
-* CF branch: LightGCN over the user-item graph, ``n_ui_layers`` (3) layers, mean of layers:
-  ``h_u``, ``h_i``.
-* Disentangling encoders on the (trainable) raw feature tables X^m:
-  general ``g^m = σ(W_sh · tanh(W_m x + b_m) + b_sh)`` with W_sh shared by every modality,
-  specific ``s^m = σ(W_s^m x + b_s^m)``.
-* Preference filter from the user ID embedding: ``f^m_i = (1/deg_i) Σ_{u∈N(i)} tanh(P^m e_u)``
-  (0 for items without training rows), applied as ``ĝ = f ⊙ g``, ``ŝ = f ⊙ s``.
-* Modality kNN graph G^m (top-k cosine, missing items isolated after the top-k), propagated
-  ``n_mm_layers`` times: ``ḡ = G^L ĝ``, ``s̄ = G^L ŝ``; users average their items' ḡ, s̄.
-* Fusion ``z = h + (mean_m ḡ^m + Σ_m s̄^m) / (n_modalities + 1)``; score ``z_u · z_i``.
-
-Losses (config weight in brackets, definitions in spec 5.5 and in ``loss_terms``):
-L_bpr (1), L_reg (1, inner weights ``cf_reg``/``reg``), L_inter [interModal], L_intra
-[intraModal], L_BM [alignBM], L_club [sampler], L_gen [additive], L_recon [recon].
-The CLUB estimators have their own Adam (``club_lr``) and are fitted ``club_steps`` times
-in ``pre_epoch``; they are left out of ``optimizer_parameters()``.
-
-Generation (spec 5.6): before every epoch the features of missing items (single-missing by
-default, ``gen_rows``) are generated — translated general part + generated specific part,
-propagated, decoded — and written into the feature tables; every ``refresh_every``-th call
-the rows of missing items of the training graphs are blended with a kNN graph rebuilt from
-the current tables (``avg_lambda``). New-item mode (spec 4b): training graphs isolate new
-items before the top-k; the inference graphs are the missing-masked graphs over all items;
-``pre_evaluation`` generates the features of missing new items on the inference graphs and,
-with ``infer_adj_update``, refreshes their inference-graph rows.
-
-``generated_features()`` returns, per modality, the item ids and raw features of every
-(item, missing modality) pair the model generates (for the cross-modal retrieval protocol).
-
-All graphs are sparse (chunked kNN from ``models.graphs``); static graphs are built through
-``task.cached``; the refreshed graphs depend on trained features and are never cached.
-Official quirks are reproduced by default and each has a named option (see
-``configs/DGMRec.yaml``).
+Every item has a collaborative part (LightGCN over the user-item graph) and, per modality, a
+general part (shared encoder) and a specific part, encoded from the trainable raw features,
+gated by a preference filter from the users who chose the item and propagated on the
+modality's kNN item graph. Before every epoch, generators write the features of items missing
+a modality: the general part translated from the other modalities, the specific part generated
+from the filter, decoded to raw features. One code path serves two modalities (image, text)
+and three (plus audio). The loss terms are listed in ``loss_terms``; each quirk of the
+official code is reproduced by default and has a named ``fix_*`` option (``configs/DGMRec.yaml``).
 """
 from __future__ import annotations
 
@@ -47,30 +17,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.modalities import Modalities
 from models.base import Recommender
-from models.graphs import built_on, knn_graph, lightgcn, sparse_with_transpose, spmm_t, ui_adjacency
-from models.losses import bpr_loss, distinct, emb_norm, info_nce_indexed as nce
+from models.club import CLUBSample
+from models.graphs.knn import built_on, knn_graph
+from models.graphs.propagation import lightgcn_backbone
+from models.graphs.sparse import sparse_with_transpose, spmm_t
+from models.graphs.user_item import ui_adjacency
+from models.layers import sign_perturb, xavier_linear, xavier_table
+from models.losses import bpr_loss, decoder_mse, distinct, emb_norm, info_nce_indexed as nce, masked_mse
 from models.registry import register
 
 EVAL_GRAPHS = ("initial", "refreshed")
 GEN_ROWS = ("single_missing", "all_missing")
 
 
-# --------------------------------------------------------------------------- building blocks
-
 def perturb(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """x + sign(x) ⊙ normalize_row(U[0,1)) · scale, with fresh noise on each call."""
-    if scale == 0:
-        return x
-    noise = F.normalize(torch.rand_like(x), dim=-1)
-    return x + torch.sign(x) * noise * scale
-
-
-def masked_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Element-mean squared error; an empty row set contributes 0 instead of NaN."""
-    if a.shape[0] == 0:
-        return a.new_zeros(())
-    return F.mse_loss(a, b)
+    """``sign_perturb`` that draws no noise at scale 0, so the other random draws stay as they are."""
+    return x if scale == 0 else sign_perturb(x, scale)
 
 
 def blend_rows(graph: sp.csr_matrix, rebuilt: sp.csr_matrix, rows: np.ndarray, lam: float) -> sp.csr_matrix:
@@ -83,90 +47,13 @@ def blend_rows(graph: sp.csr_matrix, rebuilt: sp.csr_matrix, rows: np.ndarray, l
     return out
 
 
-class _DecoderMSE(torch.autograd.Function):
-    """MSE(z Wᵀ + b, X) (element mean) in row chunks, with its gradients taken in the same pass.
-
-    The decoder output and the residual exist one chunk at a time, so the recon loss of a
-    63,001 × 4096 table costs one gradient-sized buffer for X instead of four; the input z
-    is the detached decoder input, so it gets no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, z, weight, bias, target):
-        n, dim = target.shape
-        total = max(n * dim, 1)
-        chunk = max(1, (1 << 24) // max(dim, 1))
-        need_t = ctx.needs_input_grad[3]
-        g_w, g_b = torch.zeros_like(weight), torch.zeros_like(bias)
-        g_x = torch.empty_like(target) if need_t else None
-        loss = z.new_zeros(())
-        with torch.no_grad():
-            for lo in range(0, n, chunk):
-                hi = min(n, lo + chunk)
-                diff = torch.addmm(bias, z[lo:hi], weight.T).sub_(target[lo:hi])
-                flat = diff.reshape(-1)
-                loss += torch.dot(flat, flat)
-                diff.mul_(2.0 / total)
-                g_w.addmm_(diff.T, z[lo:hi])
-                g_b += diff.sum(dim=0)
-                if need_t:
-                    torch.neg(diff, out=g_x[lo:hi])
-        ctx.grads = (g_w, g_b, g_x)
-        return loss / total
-
-    @staticmethod
-    def backward(ctx, grad):
-        g_w, g_b, g_x = ctx.grads
-        ctx.grads = None
-        return (None, g_w * grad, g_b * grad, g_x.mul_(grad) if g_x is not None else None)
-
-
-def decoder_mse(decoder: nn.Linear, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``F.mse_loss(decoder(z), target)`` for a detached ``z`` (gradients reach the decoder and target)."""
-    return _DecoderMSE.apply(z.detach(), decoder.weight, decoder.bias, target)
-
-
-class CLUBSample(nn.Module):
-    """Sampled CLUB upper bound of I(x; y) with a diagonal Gaussian q(y|x) (Cheng et al. 2020).
-
-    ``forward`` is the bound used as a loss: mean_i [log q(y_i|x_i) - log q(y_π(i)|x_i)] / 2
-    without the shared constant and log-variance terms; ``learning_loss`` is the negative
-    log-likelihood (up to constants) that fits q.
-    """
-
-    def __init__(self, dim: int, hidden: int = 64):
-        super().__init__()
-        h = hidden // 2
-        self.p_mu = nn.Sequential(nn.Linear(dim, h), nn.ReLU(), nn.Linear(h, dim))
-        self.p_logvar = nn.Sequential(nn.Linear(dim, h), nn.ReLU(), nn.Linear(h, dim), nn.Tanh())
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
-        mu, logvar = self.p_mu(x), self.p_logvar(x)
-        if perm is None:
-            perm = torch.randperm(x.shape[0], device=x.device)
-        inv_var = torch.exp(-logvar)
-        pos = -((mu - y) ** 2 * inv_var).sum(dim=1)
-        neg = -((mu - y[perm]) ** 2 * inv_var).sum(dim=1)
-        return (pos - neg).mean() / 2.0
-
-    def learning_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        mu, logvar = self.p_mu(x), self.p_logvar(x)
-        loglik = (-(mu - y) ** 2 / torch.exp(logvar) - logvar).sum(dim=1).mean()
-        return -loglik
-
-
 def _mlp(d_in: int, d: int) -> nn.Sequential:
+    """Linear-tanh-linear; both weights re-initialised xavier-uniform after both layers exist."""
     net = nn.Sequential(nn.Linear(d_in, d), nn.Tanh(), nn.Linear(d, d))
     for layer in net:
         if isinstance(layer, nn.Linear):
             nn.init.xavier_uniform_(layer.weight)
     return net
-
-
-def _linear(d_in: int, d_out: int, bias: bool = True) -> nn.Linear:
-    layer = nn.Linear(d_in, d_out, bias=bias)
-    nn.init.xavier_uniform_(layer.weight)
-    return layer
 
 
 # --------------------------------------------------------------------------- the model
@@ -181,10 +68,10 @@ class DGMRec(Recommender):
         super().__init__(config, task)
         c = config
         self.d = d = int(c["embedding_size"])
-        self.mods: tuple[str, ...] = tuple(task.modalities)
-        if len(self.mods) not in (2, 3):
-            raise ValueError(f"DGMRec needs 2 or 3 modalities, the task has {self.mods}")
-        self.n_mod = len(self.mods)
+        self.mods = Modalities(task.modalities)
+        if self.mods.count not in (2, 3):
+            raise ValueError(f"DGMRec needs 2 or 3 modalities, the task has {tuple(self.mods)}")
+        self.n_mod = self.mods.count
         self.n_ui_layers = int(c.get("n_ui_layers", 3))
         self.n_mm_layers = int(c["n_mm_layers"])
         self.knn_k = int(c["knn_k"])
@@ -210,9 +97,9 @@ class DGMRec(Recommender):
         self.fix["fix_new_item_3mod_generation"] = bool(c.get("fix_new_item_3mod_generation", True))
         dev = self.device
 
-        # ---- parameters (creation order follows spec 5.1 where it matters)
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_id_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        # ---- parameters, in the official model's order where it matters (one seed, the same initial draws)
+        self.user_embedding = xavier_table(self.n_users, d)
+        self.item_id_embedding = xavier_table(self.n_items, d)
         feats = {m: task.features[m].detach().to(dev, torch.float32).clone() for m in self.mods}
         for m in self.mods:  # the raw feature tables X^m: parameters of the main Adam, or frozen buffers
             if self.fix["fix_trainable_features"]:
@@ -220,11 +107,11 @@ class DGMRec(Recommender):
             else:
                 self.register_parameter(f"feat_{m}", nn.Parameter(feats[m]))
         dims = {m: feats[m].shape[1] for m in self.mods}
-        self.encoder = nn.ModuleDict({m: _linear(dims[m], d) for m in self.mods})
-        self.shared_encoder = _linear(d, d)
-        self.encoder_s = nn.ModuleDict({m: _linear(dims[m], d) for m in self.mods})
-        self.filter_trans = nn.ModuleDict({m: _linear(d, d, bias=False) for m in self.mods})
-        self.decoder = nn.ModuleDict({m: _linear(2 * d, dims[m]) for m in self.mods})
+        self.encoder = nn.ModuleDict({m: xavier_linear(dims[m], d) for m in self.mods})
+        self.shared_encoder = xavier_linear(d, d)
+        self.encoder_s = nn.ModuleDict({m: xavier_linear(dims[m], d) for m in self.mods})
+        self.filter_trans = nn.ModuleDict({m: xavier_linear(d, d, bias=False) for m in self.mods})
+        self.decoder = nn.ModuleDict({m: xavier_linear(2 * d, dims[m]) for m in self.mods})
         self.gen = nn.ModuleDict({m: _mlp(d, d) for m in self.mods})
         # translator[m] produces modality m's general part from the other modalities (2-mod: d -> d,
         # 3-mod: 2d -> d from the concatenation in the order of ``sources``).
@@ -268,7 +155,7 @@ class DGMRec(Recommender):
             s[np.asarray(ids, dtype=np.int64)] = True
             single[m] = s
         base = {m: (single[m] if self.gen_rows == "single_missing" else self.missing_np[m]) for m in self.mods}
-        three = self.n_mod == 3
+        three = self.mods.has_audio
         fixed_3mod = self.fix["fix_new_item_3mod_generation"]
         # rows written by the training-time generation and blended by the training-graph refresh
         self.gen_rows_train = {m: base[m] & old for m in self.mods}
@@ -354,7 +241,8 @@ class DGMRec(Recommender):
         return [self.mods[(i + j) % self.n_mod] for j in range(1, self.n_mod)]
 
     def encode(self) -> tuple[dict, dict]:
-        """Raw general and specific parts of every item (spec 5.3)."""
+        """Raw general and specific parts of every item:
+        g = σ(W_sh tanh(W_m x + b_m) + b_sh) with W_sh shared by the modalities, s = σ(W_s x + b_s)."""
         g, s = {}, {}
         for m in self.mods:
             # one product of the table with both encoders' weights (general | specific)
@@ -366,7 +254,8 @@ class DGMRec(Recommender):
         return g, s
 
     def filters(self) -> dict:
-        """Item preference filters f^m (spec 5.4), one sparse product for all modalities."""
+        """Item preference filters f^m_i = mean over the item's training users u of tanh(P^m e_u) (0 for an
+        item without training rows), one sparse product for all modalities."""
         u = torch.cat([torch.tanh(self.filter_trans[m](self.user_embedding)) for m in self.mods], dim=1)
         f = spmm_t(self.RT, self.R, u) * self.inv_i
         return dict(zip(self.mods, torch.split(f, self.d, dim=1)))
@@ -392,10 +281,8 @@ class DGMRec(Recommender):
         return gbar, sbar, gu, su
 
     def cf_embeddings(self):
-        """LightGCN: mean of E0, ÂE0, ..., Â^L E0 (Â symmetric, so it is its own transpose)."""
-        out = lightgcn(self.ui_adj, torch.cat([self.user_embedding, self.item_id_embedding], dim=0),
-                         self.n_ui_layers)
-        return out[:self.n_users], out[self.n_users:]
+        """The collaborative parts h_u, h_i: LightGCN over the user-item graph."""
+        return lightgcn_backbone(self.ui_adj, self.user_embedding, self.item_id_embedding, self.n_ui_layers)
 
     def fuse(self, h: torch.Tensor, gparts: dict, sparts: dict) -> torch.Tensor:
         mean_g = sum(gparts[m] for m in self.mods) / self.n_mod
@@ -403,7 +290,8 @@ class DGMRec(Recommender):
 
     # ------------------------------------------------------------------ losses
     def loss_terms(self, users, pos, neg) -> dict[str, torch.Tensor]:
-        """Every unweighted loss term of one batch (spec 5.5); terms with weight 0 are skipped."""
+        """Every unweighted loss term of one batch, keyed by its weight's config name (bpr and reg weigh 1);
+        terms with weight 0 are skipped."""
         h_u, h_i = self.cf_embeddings()
         g, s = self.encode()
         f = self.filters()
@@ -504,7 +392,7 @@ class DGMRec(Recommender):
             self._refresh("infer", self.refresh_rows_infer)
 
     def _fit_club(self) -> None:
-        """``club_steps`` Adam steps of the CLUB estimators on random item subsets (spec 5.7)."""
+        """``club_steps`` Adam steps of the CLUB estimators on random item subsets of ``club_batch``."""
         with torch.no_grad():
             g, s = self.encode()
             if self.fix["fix_club_inputs"]:  # fit on the propagated parts the loss uses
@@ -521,7 +409,7 @@ class DGMRec(Recommender):
 
     @torch.no_grad()
     def generated_raw(self, graphs: dict, rows: dict | None = None) -> dict[str, torch.Tensor]:
-        """Generated raw features (spec 5.6) for the flagged rows of every modality.
+        """Generated raw features for the flagged rows of every modality.
 
         Reference inputs: translators read the *raw* general parts of the source modalities,
         generators read the filters, and both outputs are propagated on ``graphs`` before the

@@ -1,17 +1,19 @@
-"""Loss building blocks shared by every model (spec names in brackets)."""
+"""Loss building blocks of the models, each written once (the ranking losses, regularisers and
+contrastive terms several models share, and the few one model needs in a chunked form)."""
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor, gamma: float | None = None) -> torch.Tensor:
     """Bayesian personalised ranking: mean of -log σ(s⁺ - s⁻).
 
-    ``gamma=None`` is the stable logsigmoid form [BPR]; ``gamma=1e-10`` reproduces the
-    reference ``BPRLoss`` class, -log(γ + σ(s⁺ - s⁻)) [BPR_γ].
+    ``gamma=None`` is the stable logsigmoid form; ``gamma=1e-10`` reproduces the
+    reference ``BPRLoss`` class, -log(γ + σ(s⁺ - s⁻)).
     """
     diff = pos - neg
     if gamma is None:
@@ -20,22 +22,22 @@ def bpr_loss(pos: torch.Tensor, neg: torch.Tensor, gamma: float | None = None) -
 
 
 def emb_norm(*embeddings: torch.Tensor) -> torch.Tensor:
-    """Sum of Frobenius norms (not squared) over the rows of the last tensor [EmbNorm]."""
+    """Sum of Frobenius norms (not squared) over the rows of the last tensor."""
     total = sum(torch.linalg.norm(e) for e in embeddings)
     return total / embeddings[-1].shape[0]
 
 
 def squared_l2(*embeddings: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """½ Σ ‖e‖_F² divided by the configured batch size [SqL2]."""
+    """½ Σ ‖e‖_F² divided by the configured batch size."""
     return 0.5 * sum(e.pow(2).sum() for e in embeddings) / batch_size
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, eps: float = 0.0) -> torch.Tensor:
-    """Row-aligned InfoNCE with in-batch negatives [NCE; NCE_eps with eps=1e-9].
+    """Row-aligned InfoNCE with in-batch negatives.
 
     Rows are L2-normalised; the positive of row r of ``a`` is row r of ``b`` and sits in the
     denominator with every other row of ``b``. Duplicate ids are not removed (as the
-    reference). With ``eps > 0`` the SGL/SimGCL form adds ``eps`` inside the ratio and the log.
+    reference). With ``eps > 0`` the SGL/SimGCL form adds ``eps`` inside the ratio and the log (they use 1e-9).
     """
     a = F.normalize(a, dim=1)
     b = F.normalize(b, dim=1)
@@ -87,7 +89,7 @@ def _dedup(ids: torch.Tensor):
 
 def ce_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows: torch.Tensor | None = None,
            a_ids: torch.Tensor | None = None, b_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of the logits ``a bᵀ / τ`` against the diagonal [CE_NCE] (SLMRec).
+    """Cross-entropy of the logits ``a bᵀ / τ`` against the diagonal (SLMRec).
 
     Equals ``F.cross_entropy((a @ b.T / τ)[rows], arange[rows])``. No normalisation here
     (callers normalise when the model does). ``rows`` (bool mask) keeps only those rows as loss
@@ -317,3 +319,54 @@ def symmetric_bernoulli_kl(logit_p: torch.Tensor, logit_q: torch.Tensor) -> torc
     everywhere.
     """
     return (torch.sigmoid(logit_p) - torch.sigmoid(logit_q)) * (logit_p - logit_q)
+
+
+def masked_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Element-mean squared error; an empty row set contributes 0 instead of NaN."""
+    if a.shape[0] == 0:
+        return a.new_zeros(())
+    return F.mse_loss(a, b)
+
+
+class _DecoderMSE(torch.autograd.Function):
+    """MSE(z Wᵀ + b, X) (element mean) in row chunks, with its gradients taken in the same pass.
+
+    The decoder output and the residual exist one chunk at a time, so the recon loss of a
+    63,001 × 4096 table costs one gradient-sized buffer for X instead of four; the input z
+    is the detached decoder input, so it gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, z, weight, bias, target):
+        n, dim = target.shape
+        total = max(n * dim, 1)
+        chunk = max(1, (1 << 24) // max(dim, 1))
+        need_t = ctx.needs_input_grad[3]
+        g_w, g_b = torch.zeros_like(weight), torch.zeros_like(bias)
+        g_x = torch.empty_like(target) if need_t else None
+        loss = z.new_zeros(())
+        with torch.no_grad():
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                diff = torch.addmm(bias, z[lo:hi], weight.T).sub_(target[lo:hi])
+                flat = diff.reshape(-1)
+                loss += torch.dot(flat, flat)
+                diff.mul_(2.0 / total)
+                g_w.addmm_(diff.T, z[lo:hi])
+                g_b += diff.sum(dim=0)
+                if need_t:
+                    torch.neg(diff, out=g_x[lo:hi])
+        ctx.grads = (g_w, g_b, g_x)
+        return loss / total
+
+    @staticmethod
+    def backward(ctx, grad):
+        g_w, g_b, g_x = ctx.grads
+        ctx.grads = None
+        return (None, g_w * grad, g_b * grad, g_x.mul_(grad) if g_x is not None else None)
+
+
+def decoder_mse(decoder: nn.Linear, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``F.mse_loss(decoder(z), target)`` for a detached ``z`` (gradients reach the decoder and target):
+    DGMRec's reconstruction of the raw feature tables."""
+    return _DecoderMSE.apply(z.detach(), decoder.weight, decoder.bias, target)

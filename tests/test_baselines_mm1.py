@@ -16,7 +16,8 @@ from benchmarks.core.protocols import get_protocol
 from benchmarks.core.sampling import BPRSampler
 from data_prep.synthetic import make_replica
 from models import registry
-from models.graphs import EdgeGraph, segment_softmax, ui_mean_adjacency, weighted_propagate
+from models.graphs.propagation import EdgeGraph, segment_softmax, weighted_propagate
+from models.graphs.user_item import ui_mean_adjacency
 from models.losses import ce_nce
 
 MODELS = ("VBPR", "MMGCN", "GRCN", "SLMRec", "BM3")

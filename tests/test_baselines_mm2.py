@@ -14,8 +14,10 @@ from benchmarks.core.protocols import get_protocol
 from benchmarks.core.sampling import BPRSampler
 from data_prep.synthetic import make_replica
 from models import registry
-from models.graphs import (binary_sym_normalize, cached_knn_graph, cooccurrence_graph, denoised_knn_graphs,
-                           shared_neighbours, topk_cosine_edges, weighted_propagate)
+from models.graphs.item_item import cooccurrence_graph, shared_neighbours
+from models.graphs.knn import cached_knn_graph, denoised_knn_graphs, topk_cosine_edges
+from models.graphs.propagation import weighted_propagate
+from models.graphs.sparse import binary_sym_normalize
 from models.losses import (batch_info_nce, bernoulli_kl, info_nce, nce_over_candidates, nce_over_lowrank_candidates,
                            neighbour_discrimination, symmetric_bernoulli_kl)
 

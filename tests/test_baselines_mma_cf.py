@@ -12,8 +12,10 @@ from benchmarks.core.engine import seed_everything, train_and_evaluate
 from benchmarks.core.protocols import get_protocol, resolve_ratio
 from benchmarks.core.sampling import BPRSampler
 from data_prep.synthetic import make_replica
-from models.graphs import (EdgeDropper, hypergraph_conv, lightgcn, sinkhorn_transport, to_torch_sparse,
-                           ui_adjacency, ui_adjacency_rw)
+from models.graphs.propagation import hypergraph_conv, lightgcn
+from models.graphs.sparse import to_torch_sparse
+from models.graphs.transport import sinkhorn_transport
+from models.graphs.user_item import EdgeDropper, ui_adjacency, ui_adjacency_rw
 from models.losses import info_nce
 from models.registry import get
 
@@ -399,7 +401,7 @@ def _dense_sinkhorn(d, eps, iters):
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_sinkhorn_transport_matches_dense_reference(keep, monkeypatch):
-    import models.graphs as g
+    import models.graphs.transport as g
     monkeypatch.setattr(g, "TRANSPORT_CHUNK_BYTES", 4 * 40 * 7)  # force several row blocks in backward
     torch.manual_seed(0)
     a, b = torch.sigmoid(torch.randn(90, 16)), torch.sigmoid(torch.randn(70, 16) * 2)

@@ -16,8 +16,9 @@ from benchmarks.core.protocols import get_protocol, impute_features
 from models.task import EvalSet, Task
 from data_prep.masks import per_modality_missing
 from data_prep.synthetic import make_replica
-from models.dgmrec import CLUBSample, blend_rows, perturb
-from models.graphs import knn_graph
+from models.club import CLUBSample
+from models.dgmrec import blend_rows, perturb
+from models.graphs.knn import knn_graph
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

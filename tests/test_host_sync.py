@@ -12,7 +12,7 @@ from benchmarks.experiments.host_sync import HostReads
 from benchmarks.core.protocols import get_protocol
 from benchmarks.core.sampling import BPRSampler
 from data_prep.synthetic import make_replica
-from models.graphs import EdgeDropper
+from models.graphs.user_item import EdgeDropper
 from models.losses import batch_info_nce, distinct, info_nce_indexed
 from models.registry import get
 

@@ -115,7 +115,8 @@ def test_unknown_protocol():
 
 def test_masked_and_unmasked_runs_never_share_a_cached_artefact(tiktok, tmp_path):
     from models.cache import ArtifactCache
-    from models.graphs import knn_graph, ui_adjacency
+    from models.graphs.knn import knn_graph
+    from models.graphs.user_item import ui_adjacency
 
     cache = ArtifactCache(tmp_path / "cache")
     full = get_protocol("missing").build_task(tiktok, {}, FeatureModel, 0.0, cache=cache)

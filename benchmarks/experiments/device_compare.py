@@ -260,7 +260,7 @@ def compare_devices(model_name: str, dataset, protocol_name: str, device: str, *
     from benchmarks.run.config import expand_grid, resolve
     from benchmarks.core.protocols import get_protocol
     from benchmarks.core.sampling import BPRSampler
-    from models.graphs import device_built_graphs_keyed_as_cpu
+    from models.graphs.knn import device_built_graphs_keyed_as_cpu
 
     entry = registry_entry(model_name)
     cfg = expand_grid(resolve(entry, dataset.kind, {"train_batch_size": batch_size}, quick=True),
@@ -328,14 +328,14 @@ def compare_devices(model_name: str, dataset, protocol_name: str, device: str, *
 # --------------------------------------------------------------------------- graphs built on the device
 
 def compare_knn_graphs(dataset, device: str, k: int = 10, tolerance: float = 1e-5) -> list[dict]:
-    """kNN item graphs (``graphs.knn_graph``, every mask kind) built from the same masked,
+    """kNN item graphs (``models.graphs.knn.knn_graph``, every mask kind) built from the same masked,
     imputed features on the CPU and on ``device``: per graph, the rows whose neighbours differ
     beyond near-ties (a neighbour in one graph only must have a CPU similarity within
     ``tolerance`` of the row's k-th) and the largest weight difference on shared edges."""
     import torch.nn.functional as F
 
     from benchmarks.core.protocols import get_protocol
-    from models.graphs import knn_graph
+    from models.graphs.knn import knn_graph
     protocol = get_protocol("missing")
     cfg = {"missing_ratio": "auto", "missing_imputation": "mean"}
     task = protocol.build_task(dataset, cfg, type("AnyModel", (), {"uses_features": True, "handles_missing": "impute"}),
