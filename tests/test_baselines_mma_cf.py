@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.run.config import expand_grid, resolve
-from benchmarks.core.engine import seed_everything, train_and_evaluate
+from benchmarks.core.engine import Trainer, seed_everything
 from benchmarks.core.protocols import get_protocol, resolve_ratio
 from benchmarks.core.sampling import BPRSampler
 from data_prep.synthetic import make_replica
@@ -53,7 +53,7 @@ def test_one_epoch(data, name, kind, protocol):
     model, task, cfg, rng = build(data, name, kind, protocol, epochs=1, train_batch_size=1024)
     assert len(task.modalities) == (2 if kind == "baby" else 3)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    result = train_and_evaluate(model, task, cfg, rng)
+    result = Trainer(model, task, cfg, rng).run()
     assert np.isfinite(result.curve[0]["train_loss"]) and result.curve[0]["train_loss"] > 0
     assert all(0.0 <= v <= 1.0 for v in result.test.values())
     changed = [k for k, v in model.named_parameters() if not torch.equal(v, before[k])]

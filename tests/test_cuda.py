@@ -60,7 +60,7 @@ def test_knn_graphs_built_on_cuda_equal_the_cpus(kind):
 def test_training_loop_synchronises_per_epoch_not_per_batch(model):
     """CUDA's own sync detector: an epoch of 2 batches and one of 20 synchronise equally often."""
     from benchmarks.run.config import expand_grid, resolve
-    from benchmarks.core.engine import seed_everything, train_and_evaluate
+    from benchmarks.core.engine import Trainer, seed_everything
     from benchmarks.core.protocols import get_protocol
     from models.registry import get
     ds = replica("tiktok")
@@ -77,7 +77,7 @@ def test_training_loop_synchronises_per_epoch_not_per_batch(model):
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                train_and_evaluate(m, task, cfg, rng)
+                Trainer(m, task, cfg, rng).run()
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message).lower() for w in seen))

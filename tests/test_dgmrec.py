@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import models.registry as registry
 from benchmarks.run.config import expand_grid, resolve
-from benchmarks.core.engine import seed_everything, train_and_evaluate
+from benchmarks.core.engine import Trainer, seed_everything
 from benchmarks.core.protocols import get_protocol, impute_features
 from models.task import EvalSet, Task
 from data_prep.masks import per_modality_missing
@@ -298,7 +298,7 @@ def test_masked_true_features_never_reach_the_model(kind, scale, ratio):
         task = get_protocol("missing").build_task(d, cfg, ENTRY.cls, ratio)
         rng = seed_everything(5)
         model = ENTRY.cls(cfg, task)
-        res = train_and_evaluate(model, task, cfg, rng)
+        res = Trainer(model, task, cfg, rng).run()
         model.eval()
         with torch.no_grad():
             runs.append((res.curve, res.test, model.full_sort_predict(torch.arange(task.n_users))))

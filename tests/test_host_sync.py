@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks.run.config import expand_grid, resolve
-from benchmarks.core.engine import seed_everything, train_and_evaluate
+from benchmarks.core.engine import Trainer, seed_everything
 from benchmarks.core.evaluation import Evaluator
 from benchmarks.experiments.host_sync import HostReads
 from benchmarks.core.protocols import get_protocol
@@ -61,7 +61,7 @@ def test_training_loop_reads_nothing_per_batch(replica, sampling_device):
         rng = seed_everything(3)
         model = entry.cls(cfg, task)
         with HostReads() as reads:
-            result = train_and_evaluate(model, task, cfg, rng)
+            result = Trainer(model, task, cfg, rng).run()
         assert result.batches_per_epoch == n_batches
         counts.append(reads.total)
         losses.append(result.curve[0]["train_loss"])
@@ -82,7 +82,7 @@ def test_epoch_loss_is_the_sum_of_batch_losses_as_before(replica):
         seen.append(float(loss.detach()))
         return loss
     model.calculate_loss = recording
-    result = train_and_evaluate(model, task, cfg, rng)
+    result = Trainer(model, task, cfg, rng).run()
     total = 0.0
     for x in seen:
         total += x

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.run.config import expand_grid, resolve
-from benchmarks.core.engine import seed_everything, train_and_evaluate
+from benchmarks.core.engine import Trainer, seed_everything
 from benchmarks.core.protocols import get_protocol, resolve_ratio
 from benchmarks.core.sampling import BPRSampler
 from benchmarks.experiments.side_by_side import OfficialInEngine, compare_step, copy_weights, main
@@ -158,10 +158,10 @@ class OfficialLayoutMF(nn.Module):
 
 def test_official_class_in_our_engine_trains_exactly_like_the_model_it_wraps(replica):
     ours, task, cfg, rng = build(replica, "MFBPR", seed=7, epochs=3, reg_weight=0.01)
-    direct = train_and_evaluate(ours, task, cfg, rng)
+    direct = Trainer(ours, task, cfg, rng).run()
     inner, _, _, rng = build(replica, "MFBPR", seed=7, epochs=3, reg_weight=0.01)
     wrapped = OfficialInEngine(cfg, task, OfficialLayoutMF(inner))
-    via = train_and_evaluate(wrapped, task, cfg, rng)
+    via = Trainer(wrapped, task, cfg, rng).run()
     assert wrapped.official.pre_epochs == 3
     assert [c["train_loss"] for c in via.curve] == [c["train_loss"] for c in direct.curve]
     assert via.test == direct.test and via.best_epoch == direct.best_epoch

@@ -198,7 +198,7 @@ class Trainer:
             if self.progress is not None:
                 best = self.best_score if self.best_score > -math.inf else None
                 self.progress(dict(point, best=best, epochs=self.epochs))
-            if self.bad_evals > self.stopping_step:
+            if self.should_stop():
                 result.stopped_early = True
                 result.stop_reason = "early_stopping"
                 return
@@ -237,6 +237,11 @@ class Trainer:
         self.result.test_eval_seconds.append(t_sec)
         return Evaluation(valid, test, per_user, groups, scorer)
 
+    def should_stop(self) -> bool:
+        """Early stopping: more than ``stopping_step`` evaluations in a row without a better
+        validation metric (at 4 decimals, so a tie is no improvement)."""
+        return self.bad_evals > self.stopping_step
+
     def evaluate_epoch(self, epoch: int, point: dict) -> None:
         """An evaluation epoch: its metrics go into the curve point; the early-stopping count and,
         on an improvement, the kept best state follow."""
@@ -271,12 +276,6 @@ class Trainer:
         """No evaluation happened (not trained, or fewer epochs than ``eval_step``): the final model
         is evaluated once and kept, without the extra evaluation sets."""
         self.keep_best(self.result.epochs_run - 1, self.evaluate(), extra_sets=False)
-
-
-def train_and_evaluate(model, task, config: dict, rng: np.random.Generator, progress=None,
-                       analyses: dict | None = None, test_time=None) -> TrainResult:
-    """Train ``model`` on ``task`` (see ``Trainer``) and return what its best validation saw."""
-    return Trainer(model, task, config, rng, progress, analyses, test_time).run()
 
 
 def _test_scorer(model, test_time):

@@ -70,10 +70,10 @@ def matmul_gflops(n: int = 1024, repeats: int = 3) -> float:
 
 
 def run_part(part: str, args) -> dict:
-    from benchmarks import registry_entry
+    from benchmarks.run.discovery import registry_entry
     from models.cache import ArtifactCache
     from benchmarks.run.config import resolve
-    from benchmarks.core.engine import seed_everything, train_and_evaluate
+    from benchmarks.core.engine import Trainer, seed_everything
     from benchmarks.core.evaluation import Evaluator
     from benchmarks.run.jobs import PeakMemory
     from benchmarks.core.protocols import get_protocol
@@ -109,7 +109,7 @@ def run_part(part: str, args) -> dict:
             result = truncated_epoch(model, task, cfg, rng, args.max_batches)
             out["max_batches"] = args.max_batches
         else:
-            result = train_and_evaluate(model, task, cfg, rng)
+            result = Trainer(model, task, cfg, rng).run()
         cpu_run = time.process_time() - cpu0
         if part == "tiktok":
             ev = Evaluator(task, topk=cfg["topk"], metrics=cfg["metrics"], batch_size=int(cfg["eval_batch_size"]))

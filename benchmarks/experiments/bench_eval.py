@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import registry_entry
+from benchmarks.run.discovery import registry_entry
 from benchmarks.run.config import resolve
-from benchmarks.core.engine import seed_everything, train_and_evaluate
+from benchmarks.core.engine import Trainer, seed_everything
 from benchmarks.core.evaluation import Evaluator
 from benchmarks.run.jobs import DatasetRef, load_dataset, resolve_dataset
 from benchmarks.core.protocols import get_protocol
@@ -52,7 +52,7 @@ def main(argv=None) -> None:
     task = protocol.build_task(ds, cfg, entry.cls, protocol.ratios(ds, cfg)[0])
     rng = seed_everything(999)
     model = entry.cls(cfg, task)
-    result = train_and_evaluate(model, task, cfg, rng)
+    result = Trainer(model, task, cfg, rng).run()
     train_s = statistics.median(result.train_seconds)
     ev = Evaluator(task, topk=cfg["topk"], metrics=cfg["metrics"], batch_size=int(cfg["eval_batch_size"]))
     eval_times = [ev.evaluate(model, task.test)[2] for _ in range(args.repeats)]

@@ -255,7 +255,7 @@ def compare_devices(model_name: str, dataset, protocol_name: str, device: str, *
     ``device_mode``: a TorchFunctionMode active on the device side only (``RoundingNoise`` for a
     CPU-only check); ``alter(model)``: a change applied to the device-side model after the weights
     are copied (a test's deliberate difference)."""
-    from benchmarks import registry_entry
+    from benchmarks.run.discovery import registry_entry
     from models.cache import ArtifactCache
     from benchmarks.run.config import expand_grid, resolve
     from benchmarks.core.protocols import get_protocol

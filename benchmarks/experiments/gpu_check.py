@@ -212,7 +212,7 @@ def _profile(model: str, device: str) -> str:
     replica without it): the top ops by time on the device."""
     from torch.profiler import ProfilerActivity, profile
 
-    from benchmarks import registry_entry
+    from benchmarks.run.discovery import registry_entry
     from benchmarks.run.config import expand_grid, resolve
     from benchmarks.core.engine import make_adam, seed_everything
     from benchmarks.run.jobs import load_dataset, resolve_dataset

@@ -92,7 +92,7 @@ def estimate(costs: dict, best_epochs: dict | None = None, best_epoch: float = D
              models: list[str] | None = None, datasets=GRID_DATASETS, protocols=GRID_PROTOCOLS,
              seeds: int = GRID_SEEDS) -> tuple[list[dict], dict]:
     """Per (model, dataset) rows of the grid and the totals (seconds, early-stopped and upper bound)."""
-    from benchmarks import registry_entry
+    from benchmarks.run.discovery import registry_entry
     from benchmarks.run.config import expand_grid, resolve
     from benchmarks.core.protocols import get_protocol
     from benchmarks.run.discovery import model_names as names

@@ -76,7 +76,7 @@ def audit_model(name: str, dataset: str = "synthetic:tiktok", scale: float = 0.0
     batch of each, after warm-up; hooks such as ``pre_epoch`` are left out, they run once per epoch)."""
     import numpy as np
 
-    from benchmarks import registry_entry
+    from benchmarks.run.discovery import registry_entry
     from benchmarks.run.config import expand_grid, resolve
     from benchmarks.core.engine import make_adam, seed_everything
     from benchmarks.run.jobs import resolve_dataset, load_dataset

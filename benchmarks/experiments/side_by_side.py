@@ -282,9 +282,9 @@ def load_official(root: Path, model: str, seed: int, override: dict) -> torch.nn
 
 
 def main(argv=None) -> int:
-    from benchmarks import registry_entry
+    from benchmarks.run.discovery import registry_entry
     from models.cache import ArtifactCache
-    from benchmarks.core.engine import train_and_evaluate
+    from benchmarks.core.engine import Trainer
     from benchmarks.run.jobs import DatasetRef, load_dataset
     from benchmarks.experiments.official_runs import official_settings, pinned_override, workspace
     from benchmarks.core.protocols import get_protocol
@@ -351,7 +351,7 @@ def main(argv=None) -> int:
         for seed in seeds:
             rng = seed_everything(seed)
             model = OfficialInEngine(cfg, task, load_official(root, args.model, seed, override))
-            r = train_and_evaluate(model, task, cfg, rng)
+            r = Trainer(model, task, cfg, rng).run()
             results.append({"model": args.model, "seed": seed, "best_epoch": r.best_epoch,
                             "test": {k: r.test[k] for k in ("recall@20", "ndcg@20")},
                             "curve": [{k: c.get(k) for k in ("epoch", "train_loss", "valid_recall@20", "test_recall@20")}

@@ -193,7 +193,7 @@ def run_job(spec: dict, on_epoch=None) -> dict:
     """Train and evaluate one job; always returns a record (``status`` ok or failed).
 
     ``on_epoch(point)`` is called after every epoch with the epoch's curve point (progress display)."""
-    from benchmarks.core.engine import seed_everything, train_and_evaluate
+    from benchmarks.core.engine import Trainer, seed_everything
 
     cfg = spec["config"]
     record = dict({k: spec[k] for k in RECORD_FIELDS}, record_version=RECORD_VERSION, status="failed", started=_now())
@@ -210,8 +210,8 @@ def run_job(spec: dict, on_epoch=None) -> dict:
             task = build_task(spec, dataset, protocol, model_cls, device, cache)
             model, test_time = build_model(model_cls, cfg, task, device)
             fill_setup(record, task, model, t0)
-            result = train_and_evaluate(model, task, cfg, rng, progress=on_epoch,
-                                        analyses=protocol.analyses(dataset, task, model_cls), test_time=test_time)
+            analyses = protocol.analyses(dataset, task, model_cls)
+            result = Trainer(model, task, cfg, rng, progress=on_epoch, analyses=analyses, test_time=test_time).run()
             fill_result(record, result)
             record["status"] = "ok"
             record["eval_counts"] = {"valid": [len(task.valid), task.valid.n_interactions],
