@@ -18,7 +18,7 @@ import pandas as pd
 from benchmarks.report.captions import data_caption, ratio_caption
 from benchmarks.report.grid import Cell, Column, Grid, build_grid, fmt, number, rank_styles
 from benchmarks.report.output import links, write_csv, write_grids
-from benchmarks.report.paper import load_paper_table, relative_difference
+from benchmarks.report.published import load_paper_table, relative_difference
 from benchmarks.report.per_user import UserMismatchError, memo_store, paired_test
 from benchmarks.report.presentation import (FLOOR_GROUP, TABLE_METRICS, is_baseline, model_order, proposed_model,
                                             short_metric, source_text)

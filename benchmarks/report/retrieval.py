@@ -11,7 +11,7 @@ import pandas as pd
 from benchmarks.report.captions import data_caption
 from benchmarks.report.grid import Column, Grid, build_grid, fmt
 from benchmarks.report.output import links, slug, write_csv, write_grids
-from benchmarks.report.paper import load_paper_table, relative_difference
+from benchmarks.report.published import load_paper_table, relative_difference
 from benchmarks.report.presentation import is_proposed, model_order, source_text
 from benchmarks.report.selection import at_official_ratio, dataset_kind, dataset_order, official_ratio, same_ratio
 from benchmarks.report.stats import finite, seed_aggregate
