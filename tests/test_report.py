@@ -13,7 +13,7 @@ from benchmarks.report import figures, presentation
 from benchmarks.report.grid import Column, build_grid, latex_title, number
 from benchmarks.report.levels import level_stats
 from benchmarks.report.main_tables import main_table, paper_comparison
-from benchmarks.report.paper import PAPER_DIR, relative_difference
+from benchmarks.report.published import PAPER_DIR, relative_difference
 from benchmarks.report.per_user import UserMismatchError, paired_test
 from benchmarks.report.ratios import ratio_stats
 from benchmarks.report.retrieval import retrieval_paper_comparison, retrieval_stats

@@ -35,7 +35,7 @@ def poison_rows(ds, missing: dict):
 def poisoned(ds, protocol_name: str):
     """(clean, poisoned) copies of ``ds`` for ``protocol_name`` (``missing`` or ``new_items``)."""
     from data_prep.masks import per_modality_missing
-    ratio = "0.666" if len(ds.modalities) == 2 else "0.6"
+    ratio = "0.6" if ds.modalities.has_audio else "0.666"  # the official ratio: TikTok's, else the Amazon one
     bad = poison_rows(ds, per_modality_missing(ds.masks[ratio], ds.modalities, ds.n_items))
     if protocol_name == "new_items":
         full = ds.inter
