@@ -16,6 +16,7 @@ import sys
 
 from benchmarks.core.protocols import ALL_PROTOCOL_NAMES
 from benchmarks.experiment import DEFAULT_DATASETS, EMBEDDED_DATASETS, REFUSALS, Experiment
+from benchmarks.report.presentation import model_order
 from benchmarks.run.config import parse_sets
 from benchmarks.run.devices import parse_device
 from benchmarks.run.discovery import model_entries
@@ -69,11 +70,11 @@ def _csv(value: str | None) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.list_models:
-        entries = model_entries()
-        width = max(len(e.name) for e in entries)
-        for e in entries:
-            print(f"{e.name:<{width}}  {e.group}")
+    if args.list_models:  # in the tables' row order
+        rows = model_order((e.name, e.group) for e in model_entries())
+        width = max(len(name) for name, _ in rows)
+        for name, group in rows:
+            print(f"{name:<{width}}  {group}")
         return 0
     try:
         try:

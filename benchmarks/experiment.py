@@ -95,7 +95,8 @@ class Experiment:
         sets = dict(overrides or {})
         self.devices, self.run_pending = _backend(sets, device, jobs, jobs_per_gpu, backend, address)
         datasets = list(datasets or default_datasets(data_root, quick))
-        self.options = RunOptions(protocols=self.protocols, datasets=datasets, models=self.models, seeds=list(seeds) if seeds else None, data_root=data_root,
+        self.options = RunOptions(protocols=self.protocols, datasets=datasets, models=self.models,
+                                  seeds=list(seeds) if seeds else None, data_root=data_root,
                                   quick=quick, full=full, sets=sets, jobs=jobs, results_dir=str(results_dir),
                                   cache_dir=None if cache_dir is None else str(cache_dir), scale=scale,
                                   retry_failed=retry_failed, progress=progress)
