@@ -122,7 +122,9 @@ def test_the_pointer_pattern_finds_what_it_is_for():
 def test_every_registered_model_has_a_docs_page_with_every_option():
     docs = ROOT / "docs" / "models"
     index = (docs / "index.md").read_text()
-    for entry in model_entries():
+    shipped = [e for e in model_entries() if e.cls.__module__.split(".")[0] in ("models", "baselines")]
+    assert len(shipped) >= 20  # tests register models of their own; those need no page
+    for entry in shipped:
         page = docs / f"{entry.name}.md"
         assert page.is_file(), f"{entry.name}: no page {page.relative_to(ROOT)}"
         text = page.read_text()
