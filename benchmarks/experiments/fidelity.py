@@ -217,10 +217,12 @@ def setting_differences(run: dict, codebase: str, model: str, sets: dict) -> lis
 
 
 def _run_ours(groups: dict, models_seeds: dict, dataset: str, data_root: str, out: str, jobs: int) -> None:
-    """Our jobs, one plan per distinct ``--set`` (models whose official settings differ)."""
+    """Our jobs, one plan per distinct ``--set`` (``groups``: the JSON of the sets -> the models)."""
+    import json
+
     from benchmarks.run.runner import RunOptions, execute, plan
     for key, models in groups.items():
-        sets = dict(key)
+        sets = json.loads(key)
         seeds = sorted({s for m in models for s in models_seeds[m]})
         opts = RunOptions(protocols=["missing"], datasets=[dataset], models=models, seeds=seeds, data_root=data_root,
                           full=True, sets=sets, jobs=jobs, results_dir=out, cache_dir=str(Path(out) / "cache"),
@@ -251,10 +253,9 @@ def compare_records(args) -> int:
     user_sets = parse_sets(args.sets)
     out = args.out or f"results/fidelity-{codebase}-{folder.name}"
     sets_of = {m: our_sets(runs[m], codebase, m, user_sets) for m in models}
-    groups: dict[tuple, list[str]] = {}
+    groups: dict[str, list[str]] = {}  # models by their --set (as JSON)
     for m in models:
-        groups.setdefault(tuple(sorted((k, json.dumps(v)) for k, v in sets_of[m].items())), []).append(m)
-    groups = {tuple((k, json.loads(v)) for k, v in key): ms for key, ms in groups.items()}
+        groups.setdefault(json.dumps(sets_of[m], sort_keys=True), []).append(m)
     if args.report_only and not (Path(out) / "results.jsonl").is_file():
         raise SystemExit(f"{Path(out) / 'results.jsonl'}: no results store to report on")
     if not args.report_only:

@@ -50,10 +50,9 @@ import scipy.sparse as sp
 # scipy 1.12 removed dok_matrix._update, an unchecked dict update that MMRec's graph builders call
 if not hasattr(sp.dok_matrix, "_update"):
     sp.dok_matrix._update = lambda self, data: self._dict.update(data)
-# numpy 1.24 removed the aliases of the builtin types (np.float is float) that MMRec's metrics use
-for _name, _type in (("float", float), ("int", int), ("bool", bool), ("object", object)):
-    if not hasattr(np, _name):
-        setattr(np, _name, _type)
+# numpy 1.24 removed np.float, an alias of the builtin float, which MMRec's metrics use
+if not hasattr(np, "float"):
+    np.float = float
 """
 
 

@@ -249,8 +249,12 @@ def load_official(root: Path, model: str, seed: int, override: dict, codebase: s
             config = Config(model, dataset, config_dict)
             if new_items:  # as the release's quick start: the interaction file without new items' training rows
                 config["inter_file_name"] = f"{dataset}_del.inter"
-        splits = RecDataset(config).split()
+        dataset_all = RecDataset(config)
+        splits = dataset_all.split()
         train_split = splits[0][0] if new_items else splits[0]
+        # as the quick start, which logs the datasets: their __str__ sets the inter_num MMRec's loader reads
+        for d in (dataset_all, train_split):
+            str(d)
         loader = TrainDataLoader(config, train_split, batch_size=config["train_batch_size"], shuffle=True)
         for key in ["seed", *config["hyper_parameters"]]:
             value = config[key]
