@@ -39,6 +39,7 @@ from benchmarks.experiments.official_settings import (MEAN_IMPUTATION, SettingEr
                                                       release_override, release_ratio)
 from benchmarks.experiments.user_graph import USER_GRAPH, needs_user_graph, user_graph_file
 from data_prep.errors import DataError
+from data_prep.modalities import Modalities
 
 _EPOCH = re.compile(r"epoch (\d+) training \[time: ([\d.]+)s, train loss: ([-\d.eE+na]+)\]")
 _EVAL = re.compile(r"epoch (\d+) evaluating \[time: ([\d.]+)s")
@@ -257,7 +258,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--data-dir", default=str(REFERENCE / "tiktok"))
     ap.add_argument("--set", dest="sets", action="append", default=[],
-                    help="key=value: pin an official setting (a grid key, or any key of the official model)")
+                    help="key=value: pin an official setting (a grid key, or any key of the official model), "
+                         "for every model of --models")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("--out", default=None, help="records file (default: see above)")
     ap.add_argument("--cache-dir", default="cache", help="where MMRec's generated user graph is kept")
@@ -285,8 +287,8 @@ def _run(args, folder, sets: dict, seeds: list[int], models: list[str]) -> int:
                 plans.append((model, *settings_for(checkout, folder, model, sets, args.epochs)))
             except SettingError as exc:
                 raise SystemExit(str(exc)) from None
-        mods = folder.modalities if checkout.codebase == DGMREC else type(folder.modalities)(
-            m for m in folder.modalities if m != "a")
+        # the modalities the official models read: MMRec's have no audio input
+        mods = folder.modalities if checkout.codebase == DGMREC else Modalities(m for m in folder.modalities if m != "a")
         if checkout.codebase == MMREC and folder.modalities.has_audio:
             print("note: MMRec has no audio input; audio_feat.npy is not used", flush=True)
         for model, override, pinned, ratio in plans:
