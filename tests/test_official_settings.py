@@ -5,7 +5,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from benchmarks.experiments.official_checkout import (DGMREC, MMREC, CheckoutError, codebase_of, data_folder,
@@ -192,3 +194,35 @@ def test_user_graph_is_made_by_the_checkout_script_once(tmp_path, mmrec):
         user_graph_file(checkout, baby, tmp_path / "other-cache")
     assert yaml.safe_load((mmrec / "src" / "configs" / "overall.yaml").read_text())["eval_step"] == 1
     assert not (mmrec / "src" / "configs" / "dataset").exists()  # the checkout itself is untouched
+
+
+def test_workspace_makes_dragons_result_embed_a_plain_tensor_on_the_cpu_too(tmp_path, mmrec):
+    """MMRec's DRAGON registers result_embed as a parameter on the CPU (on CUDA ``.to`` copies it),
+    and its forward then fails to replace it; in the private copy it is a plain tensor on both."""
+    line = ("        self.result_embed = nn.Parameter(\n"
+            "            nn.init.xavier_normal_(torch.tensor(np.random.randn(num_user + num_item, dim_x)))).to(self.device)\n")
+    body = ("import numpy as np, torch\nfrom torch import nn\n\n\nclass M(nn.Module):\n"
+            "    def __init__(self, num_user=2, num_item=3, dim_x=4):\n        super().__init__()\n"
+            "        self.device = torch.device('cpu')\n" + line)
+    write(mmrec / "src" / "models" / "dragon.py", body)
+    baby = folder(tmp_path, "baby")
+    root = workspace(mmrec / "src", baby.path, "baby")
+    try:
+        copied = (root / "src" / "models" / "dragon.py").read_text()
+    finally:
+        import shutil
+        shutil.rmtree(root)
+    original, patched = {}, {}
+    exec(compile(body, "original.py", "exec"), original)
+    exec(compile(copied, "dragon.py", "exec"), patched)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    before = original["M"]()
+    with pytest.raises(TypeError, match="cannot assign"):  # what the original does on the CPU
+        before.result_embed = torch.zeros(5, 4)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    after = patched["M"]()
+    assert "result_embed" not in dict(after.named_parameters())
+    assert torch.equal(after.result_embed, before.result_embed.detach())  # the same draws
+    after.result_embed = torch.zeros(5, 4)

@@ -26,6 +26,12 @@ MMREC = "mmrec"
 CODEBASES = (DGMREC, MMREC)
 
 _DEVICE = 'torch.device("cuda" if torch.cuda.is_available() else "cpu")'
+# Text the official code runs differently on the CPU than on CUDA, and the text that runs on both as
+# on CUDA. MMRec's DRAGON and DualGNN build result_embed as nn.Parameter(...).to(device): on CUDA
+# that is a copy, a plain tensor their forward later replaces; on the CPU it is the parameter
+# itself, which refuses a plain tensor. A clone is the plain tensor on both (same values, same draws).
+_AS_ON_CUDA = (("np.random.randn(num_user + num_item, dim_x)))).to(self.device)\n",
+                "np.random.randn(num_user + num_item, dim_x)))).to(self.device).clone()\n"),)
 # Only the names the official code imports at module level: the raw-image paths that use them
 # are never taken with pre-extracted features.
 _STUBS = {
@@ -150,8 +156,11 @@ def workspace(official_src: Path, data_dir: Path, dataset: str, extra_data: dict
     # Hard-coded .cuda() calls go to the available device, so that the code runs on a CPU too.
     for path in (root / "src").rglob("*.py"):
         text = path.read_text()
-        if ".cuda()" in text:
-            path.write_text(text.replace(".cuda()", f".to({_DEVICE})"))
+        new = text.replace(".cuda()", f".to({_DEVICE})")
+        for old, as_on_cuda in _AS_ON_CUDA:
+            new = new.replace(old, as_on_cuda)
+        if new != text:
+            path.write_text(new)
     target = root / "data" / dataset
     target.mkdir(parents=True)
     for f in Path(data_dir).iterdir():

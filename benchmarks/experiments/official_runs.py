@@ -294,7 +294,7 @@ def _run(args, folder, sets: dict, seeds: list[int], models: list[str]) -> int:
         for model, override, pinned, ratio in plans:
             extra = {}
             if needs_user_graph(checkout.codebase, model, folder):
-                print(f"{model}: building {USER_GRAPH} with MMRec's preprocessing script (cached)", flush=True)
+                print(f"{model}: {USER_GRAPH} made by MMRec's preprocessing script (kept in {args.cache_dir})", flush=True)
                 extra[USER_GRAPH] = user_graph_file(checkout, folder, args.cache_dir, args.timeout)
             schedule, settings = effective(checkout.src, model, folder.name, checkout.codebase, override)
             print(f"{model} ({checkout.codebase}, {folder.name}): pinned "
