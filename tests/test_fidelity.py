@@ -194,6 +194,9 @@ def test_our_side_takes_the_official_schedule_ratio_and_settings():
     assert diff == ["reg_weight official 0.5, ours 0.0001"]          # n_layers equal under our name
     with pytest.raises(SystemExit, match="different epochs"):
         our_sets(runs + [dict(runs[0], epochs=2)], "mmrec", "LightGCN", {})
+    # a DGMRec-release record from before the ratio was recorded: the release's ratio of its dataset
+    old = {"model": "BM3", "dataset": "tiktok", "seed": 42, "epochs": 15, "test": {}}
+    assert our_sets([old], "dgmrec-release", "BM3", {}) == {"epochs": 15, "missing_ratio": 0.6}
 
 
 def test_ours_evaluates_on_the_release_cadence():

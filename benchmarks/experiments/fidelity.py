@@ -186,11 +186,14 @@ def our_sets(runs: list[dict], codebase: str, model: str, user_sets: dict) -> di
     """The ``--set`` of our side for the official ``runs`` of ``model``: their epochs, missing
     ratio and schedule, the official ``--set`` values under our names where we have the key,
     then ``user_sets``."""
-    from benchmarks.experiments.official_settings import ours_from_official
+    from benchmarks.experiments.official_checkout import DGMREC
+    from benchmarks.experiments.official_settings import ours_from_official, release_ratio
     epochs = sorted({r.get("epochs") for r in runs})
     if len(epochs) != 1:
         raise SystemExit(f"{model}: official runs with different epochs {epochs}; rerun them alike")
-    sets = {"epochs": epochs[0], "missing_ratio": float(runs[0].get("missing_ratio", 0.0))}
+    ratio = runs[0].get("missing_ratio")  # records of the release written before it was recorded: its ratio
+    ratio = ratio if ratio is not None else (release_ratio(runs[0]["dataset"]) if codebase == DGMREC else 0.0)
+    sets = {"epochs": epochs[0], "missing_ratio": float(ratio)}
     sets.update({k: v for k, v in (runs[0].get("schedule") or {}).items() if k != "epochs"})
     sets.update(ours_from_official(codebase, model, runs[0].get("sets") or {}))
     sets.update(user_sets)
