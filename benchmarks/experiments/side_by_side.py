@@ -90,8 +90,8 @@ def _recording_multinomial(record: list):
 
 
 def _replayed_edge_drops(ours, official, drawn: list):
-    """Our SGL views built from the official draws: each draw indexes the official edge list
-    (``edge_indices``), mapped to our edge order by (user, item)."""
+    """Our SGL views (FREEDOM's pruned graph) built from the official draws: each draw indexes the
+    official edge list (``edge_indices``), mapped to our edge order by (user, item)."""
     dropper = ours.dropper
     key_ours = dropper.users * dropper.n_items + dropper.items
     order = torch.argsort(key_ours)
@@ -123,12 +123,16 @@ def _replayed_source_pairs(ours, official, drawn: list):
 
 
 # models whose official draws come from torch.multinomial, replayed into ours
-REPLAY = {(DGMREC, "SGL"): _replayed_edge_drops, (DGMREC, "SIBRAR"): _replayed_source_pairs}
+REPLAY = {(DGMREC, "SGL"): _replayed_edge_drops, (DGMREC, "SIBRAR"): _replayed_source_pairs,
+          (MMREC, "FREEDOM"): _replayed_edge_drops}
 
 
 def _official_gradients(official, batch, seed, drawn=None):
     seed_everything(seed)  # torch and numpy draws (MILK's mixing weights) start alike on every side
     with _recording_multinomial(drawn) if drawn is not None else contextlib.nullcontext():
+        # the epoch's draws (FREEDOM's pruned graph) before its first batch, as the official trainer;
+        # every official recommender has the hook, a bare stand-in module has nothing to draw
+        getattr(official, "pre_epoch_processing", lambda: None)()
         loss = official.calculate_loss(batch)
     loss.backward()
     return loss
@@ -164,6 +168,7 @@ def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
     _official_gradients(twin, batch, seed, [] if replay else None)
     seed_everything(seed)
     with replay(ours, official, drawn) if replay else contextlib.nullcontext():
+        ours.pre_epoch(0)
         loss_ours = ours.calculate_loss(users, pos, neg)
     loss_ours.backward()
     off_params, twin_params = dict(official.named_parameters()), dict(twin.named_parameters())

@@ -46,6 +46,8 @@ _CI2MG = dict(_ID_EMBEDDINGS, **per_modality("proj.{m}.{p}", "{name}_trs.{p}"),
               **per_modality("hyper.{m}.weight", "hgcn_weight_{name}.weight"),
               **per_modality("enhance.{m}.{p}", "{name}_enhance.{p}"),
               **{f"bn.{k}": f"bn.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")})
+_FREEDOM = dict(_ID_EMBEDDINGS, **per_modality("features.{m}", "{name}_embedding.weight"),
+                **per_modality("trs.{m}.{p}", "{name}_trs.{p}"))
 
 WEIGHTS: dict[tuple[str, str], dict[str, str]] = {
     (DGMREC, "MFBPR"): _EMBEDDINGS, (DGMREC, "LightGCN"): _EMBEDDINGS, (DGMREC, "NGCF"): _NGCF,
@@ -53,6 +55,7 @@ WEIGHTS: dict[tuple[str, str], dict[str, str]] = {
     (DGMREC, "MILK"): _MILK, (DGMREC, "SIBRAR"): _SIBRAR, (DGMREC, "CI2MG"): _CI2MG,
     # MMRec keeps LightGCN's two tables in a ParameterDict
     (MMREC, "LightGCN"): {"user_embedding": "embedding_dict.user_emb", "item_embedding": "embedding_dict.item_emb"},
+    (MMREC, "FREEDOM"): _FREEDOM,
 }
 
 NO_DROPOUT: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
