@@ -141,8 +141,9 @@ class DRAGON(Recommender):
         self.fix_stale_eval = bool(config.get("fix_stale_eval", False))
         self.mods = Modalities(task.modalities)
 
-        # per-user weight of each modality's part of the user vector: softmax of a xavier draw
-        self.weight_u = nn.Parameter(torch.softmax(xavier_normal(self.n_users, self.mods.count), dim=1))
+        # per-user weight of each modality's part of the user vector: softmax of a xavier draw (U × M × 1,
+        # the reference's shape, whose fan-in and fan-out are those of U × M)
+        self.weight_u = nn.Parameter(torch.softmax(xavier_normal(self.n_users, self.mods.count), dim=1).unsqueeze(2))
         self.preference = nn.ParameterDict({m: nn.Parameter(xavier_normal(self.n_users, d)) for m in self.mods})
         self.mlp_in = nn.ModuleDict({m: nn.Linear(task.features[m].shape[1], MLP_WIDTH * d) for m in self.mods})
         self.mlp_out = nn.ModuleDict({m: nn.Linear(MLP_WIDTH * d, d) for m in self.mods})
@@ -161,8 +162,12 @@ class DRAGON(Recommender):
 
     def pre_epoch(self, epoch: int) -> None:
         """Every epoch re-samples the neighbours of users with fewer than ``user_knn_k``."""
-        ids, weights = sample_user_graph(self.user_neighbours, self.user_counts, self.user_lengths)
-        self.user_graph = user_graph_matrices(ids, weights)
+        self.use_user_graph(*sample_user_graph(self.user_neighbours, self.user_counts, self.user_lengths))
+
+    def use_user_graph(self, ids: torch.Tensor, weights: torch.Tensor) -> None:
+        """The user graph until the next epoch: user u aggregates ``ids[u]`` with ``weights[u]``
+        (U × k each; the one-batch check hands ours the reference's own sample)."""
+        self.user_graph = user_graph_matrices(ids.to(self.device), weights.to(self.device))
 
     def modality_representation(self, m: str) -> torch.Tensor:
         """x + Âx + Â²x of x = normalize([P_m; MLP_m(X_m)]) on the user-item graph Â, (U+I)×d."""
@@ -175,7 +180,7 @@ class DRAGON(Recommender):
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         nu = self.n_users
         reps = [self.modality_representation(m) for m in self.mods]
-        users = torch.cat([self.weight_u[:, j:j + 1] * r[:nu] for j, r in enumerate(reps)], dim=1)
+        users = torch.cat([self.weight_u[:, j] * r[:nu] for j, r in enumerate(reps)], dim=1)
         items = torch.cat([r[nu:] for r in reps], dim=1)
         h = items
         for _ in range(self.n_mm_layers):

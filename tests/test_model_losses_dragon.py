@@ -94,11 +94,12 @@ def dragon_oracle(task, cfg, batch, draws):
     def oracle(p):
         reps = []
         for m in mods:
-            content = linear(p, f"mlp_out.{m}", torch.nn.functional.leaky_relu(linear(p, f"mlp_in.{m}", feature(task, m))))
+            hidden = torch.nn.functional.leaky_relu(linear(p, f"mlp_in.{m}", feature(task, m)))
+            content = linear(p, f"mlp_out.{m}", hidden)
             x = unit(torch.cat([p[f"preference.{m}"], content]))
             h = a @ x
             reps.append(x + h + a @ h)
-        u_rep = torch.cat([p["weight_u"][:, j:j + 1] * r[:nu] for j, r in enumerate(reps)], 1)
+        u_rep = torch.cat([p["weight_u"][:, j] * r[:nu] for j, r in enumerate(reps)], 1)  # U × M × 1
         i_rep = torch.cat([r[nu:] for r in reps], 1)
         h = i_rep
         for _ in range(cfg["n_mm_layers"]):
