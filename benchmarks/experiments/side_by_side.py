@@ -123,17 +123,39 @@ def _replayed_source_pairs(ours, official, drawn: list):
 
 
 # models whose official draws come from torch.multinomial, replayed into ours
-REPLAY = {(DGMREC, "SGL"): _replayed_edge_drops, (DGMREC, "SIBRAR"): _replayed_source_pairs,
-          (MMREC, "FREEDOM"): _replayed_edge_drops}
+REPLAY = {(DGMREC, "SGL"): _replayed_edge_drops, (DGMREC, "SIBRAR"): _replayed_source_pairs}
+
+
+def _replayed_epoch_graph(ours, official) -> None:
+    """The official epoch hook draws the training graph (FREEDOM's and PGL's degree-sensitive
+    edge sample, torch.multinomial); ours takes the very edges it drew."""
+    drawn: list = []
+    with _recording_multinomial(drawn):
+        official.pre_epoch_processing()
+    with _replayed_edge_drops(ours, official, drawn):
+        ours.pre_epoch(0)
+
+
+def _official_user_graph(ours, official) -> None:
+    """MMRec's DRAGON draws its epoch's user graph in ``pre_epoch_processing`` (numpy draws):
+    the official model draws it and ours takes that very sample. Its initial ``result_embed``
+    (a copy of a parameter, replaced by every forward pass) is detached so that the model can be
+    deep-copied for the perturbed twin."""
+    official.result_embed = official.result_embed.detach()
+    official.pre_epoch_processing()
+    ours.use_user_graph(torch.as_tensor(official.epoch_user_graph), official.user_weight_matrix)
+
+
+# models whose official per-epoch step draws state that the batch needs: run once per side before
+# the batch, and before the perturbed twin is copied so that it uses the same draw
+EPOCH_STATE = {(MMREC, "DRAGON"): _official_user_graph, (MMREC, "FREEDOM"): _replayed_epoch_graph,
+               (MMREC, "PGL"): _replayed_epoch_graph}
 
 
 def _official_gradients(official, batch, seed, drawn=None):
     seed_everything(seed)  # torch and numpy draws (MILK's mixing weights) start alike on every side
     with _recording_multinomial(drawn) if drawn is not None else contextlib.nullcontext():
-        # the epoch's draws (FREEDOM's pruned graph) before its first batch, as the official trainer;
-        # every official recommender has the hook, a bare stand-in module has nothing to draw
-        getattr(official, "pre_epoch_processing", lambda: None)()
-        loss = official.calculate_loss(batch)
+        loss = official.calculate_loss(batch.clone())  # MMRec's DRAGON shifts the item ids in place
     loss.backward()
     return loss
 
@@ -150,6 +172,9 @@ def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
     key = (codebase, model)
     mapping, replay = WEIGHTS[key], REPLAY.get(key)
     copied = copy_weights(ours, official, mapping)
+    if key in EPOCH_STATE:
+        seed_everything(seed)
+        EPOCH_STATE[key](ours, official)
     for side, attrs in zip((ours, official), NO_DROPOUT.get(key, ((), ()))):
         for attr in attrs:
             rate = getattr(side, attr)
@@ -168,10 +193,11 @@ def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
     _official_gradients(twin, batch, seed, [] if replay else None)
     seed_everything(seed)
     with replay(ours, official, drawn) if replay else contextlib.nullcontext():
-        ours.pre_epoch(0)
         loss_ours = ours.calculate_loss(users, pos, neg)
     loss_ours.backward()
-    off_params, twin_params = dict(official.named_parameters()), dict(twin.named_parameters())
+    # every name of a parameter: a forward pass may register one again under a second name (MMRec's
+    # DRAGON stores its preference tables as v_preference/t_preference), which would hide the first
+    off_params, twin_params = (dict(m.named_parameters(remove_duplicate=False)) for m in (official, twin))
     mine = dict(ours.named_parameters())
     grads = {}
     for name in (k for k in copied if k in mine):  # parameters; buffers have no gradient
@@ -184,9 +210,9 @@ def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
         grads[name] = {"max_diff": float((a - b).abs().max()), "max_official": float(b.abs().max()),
                        "official_self": None if c is None else float((c - b).abs().max())}
     # an official parameter that learns from this batch but has no counterpart in ours is a difference
-    mapped = set(mapping.values())
+    mapped = {id(off_params[k]) for k in mapping.values() if k in off_params}
     unmatched = sorted(k for k, p in off_params.items()
-                       if k not in mapped and p.grad is not None and bool(p.grad.abs().max() > 0))
+                       if id(p) not in mapped and p.grad is not None and bool(p.grad.abs().max() > 0))
     return {"loss_ours": loss_ours.item(), "loss_official": loss_official.item(), "gradients": grads,
             "official_only_with_gradient": unmatched}
 
@@ -270,6 +296,7 @@ def load_official(root: Path, model: str, seed: int, override: dict, codebase: s
         # a private module name: the official package is also called ``models``
         spec = importlib.util.spec_from_file_location(f"official_{model.lower()}", module_path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # torch_geometric reads a layer's annotations through its module (DRAGON)
         spec.loader.exec_module(module)
         official = getattr(module, model)(config, loader).to(config["device"])
         official.logger = logging.getLogger("official")

@@ -49,6 +49,11 @@ _CI2MG = dict(_ID_EMBEDDINGS, **per_modality("proj.{m}.{p}", "{name}_trs.{p}"),
 _FREEDOM = dict(_ID_EMBEDDINGS, **per_modality("features.{m}", "{name}_embedding.weight"),
                 **per_modality("trs.{m}.{p}", "{name}_trs.{p}"))
 
+# MMRec's DRAGON names its per-modality graph networks by modality code (v_gcn, t_gcn; no audio)
+_DRAGON = {"weight_u": "weight_u", **{f"preference.{m}": f"{m}_gcn.preference" for m in ("v", "t")},
+           **{f"{ours}.{m}.{p}": f"{m}_gcn.{theirs}.{p}" for m in ("v", "t")
+              for ours, theirs in (("mlp_in", "MLP"), ("mlp_out", "MLP_1")) for p in ("weight", "bias")}}
+
 WEIGHTS: dict[tuple[str, str], dict[str, str]] = {
     (DGMREC, "MFBPR"): _EMBEDDINGS, (DGMREC, "LightGCN"): _EMBEDDINGS, (DGMREC, "NGCF"): _NGCF,
     (DGMREC, "SGL"): _ID_EMBEDDINGS, (DGMREC, "SimGCL"): _ID_EMBEDDINGS, (DGMREC, "BM3"): _BM3,
@@ -56,6 +61,7 @@ WEIGHTS: dict[tuple[str, str], dict[str, str]] = {
     # MMRec keeps LightGCN's two tables in a ParameterDict
     (MMREC, "LightGCN"): {"user_embedding": "embedding_dict.user_emb", "item_embedding": "embedding_dict.item_emb"},
     (MMREC, "FREEDOM"): _FREEDOM,
+    (MMREC, "DRAGON"): _DRAGON,
 }
 
 NO_DROPOUT: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
