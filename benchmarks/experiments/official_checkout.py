@@ -45,6 +45,13 @@ _STUBS = {
     "sklearn/__init__.py": "",
     "sklearn/cluster.py": "class KMeans:\n    def __init__(self, *a, **k):\n"
                           "        raise NotImplementedError('stand-in: not used by the official models')\n",
+    # MMRec's sparse kNN graphs (MGCN, SMORE) take their row sums with torch_scatter's scatter_add
+    # on 1-d edge weights: the same sum by torch itself
+    "torch_scatter.py": "import torch\n\n\ndef scatter_add(src, index, dim=-1, out=None, dim_size=None):\n"
+                        "    if src.dim() != 1 or out is not None:\n"
+                        "        raise NotImplementedError('stand-in: 1-d sums into a new tensor only')\n"
+                        "    n = int(index.max()) + 1 if dim_size is None else dim_size\n"
+                        "    return torch.zeros(n, dtype=src.dtype, device=src.device).scatter_add_(0, index, src)\n",
 }
 
 # Written into every private copy and imported before the official code runs: library calls the

@@ -54,6 +54,18 @@ _DRAGON = {"weight_u": "weight_u", **{f"preference.{m}": f"{m}_gcn.preference" f
            **{f"{ours}.{m}.{p}": f"{m}_gcn.{theirs}.{p}" for m in ("v", "t")
               for ours, theirs in (("mlp_in", "MLP"), ("mlp_out", "MLP_1")) for p in ("weight", "bias")}}
 
+# SMORE's queries and gates are named by a letter (v, t; f for the fusion), its preference gates
+# and filters by the modality's name
+_SMORE = dict(_ID_EMBEDDINGS, **per_modality("features.{m}", "{name}_embedding.weight"),
+              **per_modality("trs.{m}.{p}", "{name}_trs.{p}"),
+              **{f"query.{m}.{k}": f"query_{m}.{k}" for m in "vt" for k in ("0.weight", "0.bias", "2.weight")},
+              **{f"gate.{m}.0.{p}": f"gate_{m}.0.{p}" for m in "vt" for p in ("weight", "bias")},
+              **{f"gate_fusion.0.{p}": f"gate_f.0.{p}" for p in ("weight", "bias")},
+              **per_modality("prefer.{m}.0.{p}", "gate_{name}_prefer.0.{p}"),
+              **{f"prefer_fusion.0.{p}": f"gate_fusion_prefer.0.{p}" for p in ("weight", "bias")},
+              **per_modality("filters.{m}", "{name}_complex_weight"),
+              fusion_filter="fusion_complex_weight")
+
 WEIGHTS: dict[tuple[str, str], dict[str, str]] = {
     (DGMREC, "MFBPR"): _EMBEDDINGS, (DGMREC, "LightGCN"): _EMBEDDINGS, (DGMREC, "NGCF"): _NGCF,
     (DGMREC, "SGL"): _ID_EMBEDDINGS, (DGMREC, "SimGCL"): _ID_EMBEDDINGS, (DGMREC, "BM3"): _BM3,
@@ -62,6 +74,7 @@ WEIGHTS: dict[tuple[str, str], dict[str, str]] = {
     (MMREC, "LightGCN"): {"user_embedding": "embedding_dict.user_emb", "item_embedding": "embedding_dict.item_emb"},
     (MMREC, "FREEDOM"): _FREEDOM,
     (MMREC, "DRAGON"): _DRAGON,
+    (MMREC, "SMORE"): _SMORE,
 }
 
 NO_DROPOUT: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
