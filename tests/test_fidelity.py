@@ -131,3 +131,81 @@ def test_cli_names_malformed_seeds(tmp_path):
     with pytest.raises(SystemExit, match="--seeds must be comma-separated integers, got '1;2'"):
         main(["--official", str(official), "--official-extra", "none", "--models", "SGL", "--seeds", "1;2",
               "--out", str(tmp_path / "out")])
+
+
+def test_compare_gives_each_sides_own_seed_spread_by_hand():
+    c = compare([0.10, 0.11, 0.12], [0.08, 0.12])
+    assert c["sd_ours"] == pytest.approx(0.01)                  # sqrt((1e-4 + 0 + 1e-4) / 2)
+    assert c["sd_official"] == pytest.approx(math.sqrt(8e-4))   # sqrt((4e-4 + 4e-4) / 1)
+    assert math.isnan(compare([0.1, 0.2], [0.15])["sd_official"])
+
+
+def _official(model, seed, r, n, **extra):
+    return dict({"model": model, "dataset": "baby", "codebase": "mmrec", "seed": seed, "status": "ok", "epochs": 15,
+                 "missing_ratio": 0.0, "test": {"recall@20": r, "ndcg@20": n},
+                 "schedule": {"epochs": 15, "eval_step": 1, "stopping_step": 20,
+                              "learning_rate_scheduler": [1.0, 50], "train_batch_size": 2048}}, **extra)
+
+
+def test_records_file_comparison_by_hand(tmp_path):
+    """Hand-made MMRec records on Baby against hand-made records of ours at missing ratio 0: the
+    ratio, z and verdict of the rows; ours at another ratio or on another dataset is left out."""
+    import json
+    from benchmarks.experiments.fidelity import records_runs
+    path = tmp_path / "mmrec-baby.json"
+    path.write_text(json.dumps([_official("FREEDOM", 999, 0.060, 0.030), _official("FREEDOM", 42, 0.064, 0.032),
+                                _official("FREEDOM", 2023, 0.062, 0.031),
+                                dict(_official("FREEDOM", 7, 0.5, 0.5), status="failed"),
+                                dict(_official("FREEDOM", 999, 0.9, 0.9), dataset="sports")]))
+    codebase, runs = records_runs(path, "baby")
+    assert codebase == "mmrec" and sorted(r["seed"] for r in runs["FREEDOM"]) == [42, 999, 2023]
+
+    def ours(seed, r, ratio=0.0, kind="baby"):
+        rec = _rec("FREEDOM", seed, r, r / 2, group=f"g{seed}-{ratio}-{kind}")
+        rec.update(dataset_kind=kind, missing_ratio=ratio)
+        return rec
+    records = [ours(999, 0.058), ours(42, 0.060), ours(2023, 0.062), ours(999, 0.2, ratio=0.666),
+               ours(999, 0.3, kind="tiktok")]
+    row = fidelity_rows(records, runs, "baby", 0.0)[0]
+    # ours 0.058, 0.060, 0.062 (sd 0.002), official 0.060, 0.064, 0.062 (sd 0.002): pooled s = 0.002,
+    # se = 0.002 * sqrt(2/3), ratio 0.060 / 0.062, z = -0.002 / se = -1.22
+    assert row["seeds"] == "42,999,2023"
+    assert row["ratio R@20"] == round(0.060 / 0.062, 3)
+    assert row["z R@20"] == round(-0.002 / (0.002 * math.sqrt(2 / 3)), 2)
+    assert row["R@20"] == "ok"                                         # within 5% (0.968)
+    assert row["official R@20"] == "0.0620 ± 0.0020 (n=3)" and row["ours R@20"] == "0.0600 ± 0.0020 (n=3)"
+    path.write_text(json.dumps([_official("FREEDOM", 999, 0.06, 0.03), dict(_official("LightGCN", 1, 0.1, 0.1),
+                                                                             codebase="dgmrec-release")]))
+    with pytest.raises(SystemExit, match="several code bases"):
+        records_runs(path, "baby")
+    with pytest.raises(SystemExit, match="no finished official run on clothing"):
+        records_runs(path, "clothing")
+
+
+def test_our_side_takes_the_official_schedule_ratio_and_settings():
+    from benchmarks.experiments.fidelity import our_sets, setting_differences
+    runs = [_official("LightGCN", 999, 0.06, 0.03, sets={"n_layers": 2, "unknown_to_ours": 1},
+                      settings={"n_layers": 2, "reg_weight": 0.5, "is_multimodal_model": False})]
+    sets = our_sets(runs, "mmrec", "LightGCN", {"train_batch_size": 1024})
+    # MMRec's schedule (eval_step 1, its stopping step), ratio 0, n_layers under our name, then --set
+    assert sets == {"epochs": 15, "missing_ratio": 0.0, "eval_step": 1, "stopping_step": 20,
+                    "learning_rate_scheduler": [1.0, 50], "train_batch_size": 1024, "n_ui_layers": 2}
+    diff = setting_differences(runs[0], "mmrec", "LightGCN", sets)
+    assert diff == ["reg_weight official 0.5, ours 0.0001"]          # n_layers equal under our name
+    with pytest.raises(SystemExit, match="different epochs"):
+        our_sets(runs + [dict(runs[0], epochs=2)], "mmrec", "LightGCN", {})
+    # a DGMRec-release record from before the ratio was recorded: the release's ratio of its dataset
+    old = {"model": "BM3", "dataset": "tiktok", "seed": 42, "epochs": 15, "test": {}}
+    assert our_sets([old], "dgmrec-release", "BM3", {}) == {"epochs": 15, "missing_ratio": 0.6}
+
+
+def test_ours_evaluates_on_the_release_cadence():
+    """The DGMRec release evaluates every 3 epochs on the Amazon datasets (its overall.yaml) and
+    every epoch on TikTok (its tiktok.yaml); so does every model of ours, which fidelity runs
+    against the release rely on."""
+    from benchmarks.run.config import resolve
+    from benchmarks.run.discovery import model_entries
+    for entry in model_entries():
+        for kind in ("baby", "sports", "clothing"):
+            assert resolve(entry, kind)["eval_step"] == 3, (entry.name, kind)
+        assert resolve(entry, "tiktok")["eval_step"] == 1, entry.name

@@ -54,12 +54,20 @@ def test_parse_log_refuses_an_unfinished_run():
         parse_log(unfinished)
 
 
-def test_merge_replaces_the_same_model_and_seed(tmp_path):
+def test_merge_replaces_the_same_code_base_dataset_model_and_seed(tmp_path):
     path = tmp_path / "extra.json"
-    path.write_text(json.dumps([{"model": "BM3", "seed": 42, "test": {"recall@20": 0.1}},
-                                {"model": "BM3", "seed": 7, "test": {"recall@20": 0.2}}]))
-    merged = merge(path, [{"model": "BM3", "seed": 42, "test": {"recall@20": 0.3}}])
-    assert [(r["seed"], r["test"]["recall@20"]) for r in merged] == [(7, 0.2), (42, 0.3)]
+    path.write_text(json.dumps([{"model": "BM3", "dataset": "tiktok", "seed": 42, "test": {"recall@20": 0.1}},
+                                {"model": "BM3", "dataset": "tiktok", "seed": 7, "test": {"recall@20": 0.2}},
+                                {"model": "BM3", "dataset": "baby", "seed": 42, "codebase": "mmrec",
+                                 "test": {"recall@20": 0.4}}]))
+    merged = merge(path, [{"model": "BM3", "dataset": "tiktok", "seed": 42, "test": {"recall@20": 0.3}}])
+    # records written before the code base was recorded are the DGMRec release's
+    assert [(r["dataset"], r["seed"], r["test"]["recall@20"]) for r in merged] == \
+        [("baby", 42, 0.4), ("tiktok", 7, 0.2), ("tiktok", 42, 0.3)]
+    # the same model and seed on another dataset, or of the other code base, is another record
+    merged = merge(path, [{"model": "BM3", "dataset": "baby", "seed": 42, "codebase": "dgmrec-release",
+                           "test": {"recall@20": 0.5}}])
+    assert sorted(r["test"]["recall@20"] for r in merged if r["dataset"] == "baby") == [0.4, 0.5]
     assert merge(tmp_path / "absent.json", [{"model": "A", "seed": 1}]) == [{"model": "A", "seed": 1}]
 
 
@@ -77,25 +85,17 @@ def test_fidelity_pools_extra_seeds_without_double_counting(tmp_path):
     assert official_runs(main, (tmp_path / "absent.json",))["BM3"][0]["seed"] == 999
 
 
-def test_cli_refuses_a_folder_that_is_not_the_official_src(tmp_path):
-    with pytest.raises(SystemExit, match="not the official src folder"):
-        official_main(["--official-src", str(tmp_path), "--models", "BM3"])
-
-
-def test_cli_names_bad_settings_file_seeds_and_model(tmp_path):
-    src, data = tmp_path / "src", tmp_path / "tiktok"
-    src.mkdir()
+def test_cli_refuses_what_is_not_a_checkout_or_a_dataset_folder(tmp_path):
+    data = tmp_path / "baby"
     data.mkdir()
-    (src / "main.py").write_text("")
-    official = tmp_path / "official.json"
-    official.write_text(json.dumps([{"model": "BM3", "seed": 999, "config_override": {"epochs": 15}}]))
-    base = ["--official-src", str(src), "--data-dir", str(data), "--out", str(tmp_path / "out.json")]
-    with pytest.raises(SystemExit, match="absent.json: official results not found"):
-        official_main(base + ["--models", "BM3", "--official", str(tmp_path / "absent.json")])
+    (data / "baby.inter").write_text("userID\titemID\tx_label\n")
+    with pytest.raises(SystemExit, match="not a checkout of ptkjw1997/DGMRec or enoche/MMRec"):
+        official_main(["--source", str(tmp_path), "--models", "BM3", "--data-dir", str(data)])
+    with pytest.raises(SystemExit, match="no nowhere.inter"):
+        (tmp_path / "nowhere").mkdir()
+        official_main(["--source", str(tmp_path), "--models", "BM3", "--data-dir", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="--seeds must be comma-separated integers, got '42,x'"):
-        official_main(base + ["--models", "BM3", "--official", str(official), "--seeds", "42,x"])
-    with pytest.raises(SystemExit, match="no seed-999 settings in .* for: NoSuchModel"):
-        official_main(base + ["--models", "BM3,NoSuchModel", "--official", str(official)])
+        official_main(["--source", str(tmp_path), "--models", "BM3", "--data-dir", str(data), "--seeds", "42,x"])
 
 
 def test_run_one_drives_a_checkout_on_linked_data(tmp_path):
@@ -127,7 +127,7 @@ def test_run_one_drives_a_checkout_on_linked_data(tmp_path):
 
 
 def test_workspace_sends_cuda_calls_to_the_available_device(tmp_path):
-    from benchmarks.experiments.official_runs import workspace
+    from benchmarks.experiments.official_checkout import workspace
     src, data = tmp_path / "src", tmp_path / "tiktok"
     (src / "models").mkdir(parents=True)
     data.mkdir()
@@ -138,15 +138,6 @@ def test_workspace_sends_cuda_calls_to_the_available_device(tmp_path):
     assert ".cuda()" not in copied and 'torch.cuda.is_available() else "cpu"' in copied
     exec(compile(copied, "m.py", "exec"), {})            # runs on a CPU-only machine
     assert (src / "models" / "m.py").read_text().endswith(".cuda()\n")  # the checkout is untouched
-
-
-def test_pinned_override_fixes_each_grid_key_to_the_official_setting():
-    from benchmarks.experiments.official_runs import pinned_override
-    rec = {"config_override": {"epochs": 15, "reg_weight": [1.0, 0.01, 0.1], "learning_rate": [0.001]},
-           "grid_selected": "['reg_weight', 'missing_imputation', 'seed']=(0.01, 1, 999)"}
-    # seed and imputation are set per run, not pinned from the record
-    assert pinned_override(rec) == {"epochs": 15, "reg_weight": [0.01], "learning_rate": [0.001]}
-    assert pinned_override({"config_override": {"epochs": 15}}) == {"epochs": 15}
 
 
 def test_gpu_id_never_hides_the_gpu_it_should_use(monkeypatch):
@@ -178,3 +169,68 @@ def test_official_override_pins_every_grid_key_to_our_setting(tmp_path):
     (tmp_path / "configs" / "best" / "DGMRec_tiktok.json").write_text('{"n_mm_layers": 2, "recon": 0.1}')
     out = official_override(tmp_path, "DGMRec", "tiktok", {"n_mm_layers": 3}, 1)
     assert out["n_mm_layers"] == 3 and out["recon"] == 0.1
+
+
+def test_run_one_writes_mmrecs_pinned_model_yaml_and_runs_its_main(tmp_path):
+    # MMRec's main takes only the model and the dataset: seed, epochs and device reach it through
+    # the model YAML of the private copy, and a folder without a dataset YAML gets one
+    from benchmarks.experiments.official_checkout import MMREC
+    from benchmarks.experiments.official_runs import run_one
+    src, data = tmp_path / "src", tmp_path / "baby"
+    (src / "configs" / "model").mkdir(parents=True)
+    (src / "configs" / "model" / "FREEDOM.yaml").write_text("reg_weight: [0.0, 0.1]\n")
+    data.mkdir()
+    (data / "baby.inter").write_text("userID\titemID\tx_label\n")
+    (src / "main.py").write_text(
+        "import os, sys, yaml\n"
+        "import official_compat\n"
+        "args = sys.argv\n"
+        "assert args[1:] == ['-m', 'FREEDOM', '-d', 'baby'], args\n"
+        "doc = yaml.safe_load(open('configs/model/FREEDOM.yaml'))\n"
+        "assert doc == {'reg_weight': [0.1], 'epochs': 3, 'seed': [42], 'use_gpu': False}, doc\n"
+        "assert yaml.safe_load(open('configs/dataset/baby.yaml'))['inter_file_name'] == 'baby.inter'\n"
+        "assert os.path.isfile('../data/baby/user_graph_dict.npy')\n"
+        "os.makedirs('log', exist_ok=True)\n"
+        f"open('log/FREEDOM-baby.log', 'w').write({LOG!r})\n")
+    graph = tmp_path / "graph.npy"
+    graph.write_text("")
+    rec = run_one(src, data, "FREEDOM", 42, {"reg_weight": [0.1], "epochs": 3}, timeout=60, dataset="baby",
+                  device="cpu", codebase=MMREC, extra_data={"user_graph_dict.npy": graph})
+    assert rec["status"] == "ok", rec.get("error")
+    assert (rec["codebase"], rec["dataset"], rec["seed"], rec["test"]["recall@20"]) == (MMREC, "baby", 42, 0.064)
+    assert (src / "configs" / "model" / "FREEDOM.yaml").read_text() == "reg_weight: [0.0, 0.1]\n"  # untouched
+
+
+def test_cli_writes_records_per_dataset(tmp_path, monkeypatch):
+    """Two datasets into one file: each record names its dataset, and a rerun replaces only its own."""
+    import benchmarks.experiments.official_runs as runs
+    from benchmarks.experiments.official_checkout import DGMREC
+    root = tmp_path / "release"
+    (root / "src" / "configs" / "best").mkdir(parents=True)
+    (root / "src" / "main.py").write_text("")
+    (root / "src" / "configs" / "model").mkdir()
+    (root / "src" / "configs" / "model" / "MFBPR.yaml").write_text(
+        "reg_weight: [1.0, 0.1]\nhyper_parameters: ['reg_weight', 'missing_imputation']\n")
+    calls = []
+
+    def fake_run_one(src, data_dir, model, seed, override, timeout=None, dataset="tiktok", device=None,
+                     codebase=DGMREC, ratio=None, extra_data=None):
+        calls.append((dataset, seed, override, ratio, device))
+        return {"model": model, "dataset": dataset, "codebase": codebase, "seed": seed, "status": "ok",
+                "epochs": override["epochs"], "test": {"recall@20": 0.1 * seed, "ndcg@20": 0.0},
+                "wall_seconds": 0.0}
+    monkeypatch.setattr(runs, "run_one", fake_run_one)
+    out = tmp_path / "records.json"
+    for name in ("baby", "sports"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.inter").write_text("userID\titemID\tx_label\n")
+    base = ["--source", str(root), "--models", "MFBPR", "--epochs", "2", "--out", str(out), "--set", "reg_weight=0.1"]
+    runs.main(base + ["--data-dir", str(tmp_path / "baby"), "--seeds", "1,2"])
+    runs.main(base + ["--data-dir", str(tmp_path / "sports"), "--seeds", "1"])
+    runs.main(base + ["--data-dir", str(tmp_path / "baby"), "--seeds", "2"])
+    recs = json.loads(out.read_text())
+    assert [(r["dataset"], r["seed"]) for r in recs] == [("baby", 1), ("baby", 2), ("sports", 1)]
+    # the DGMRec release without a best file: {} with the grid pinned, the Amazon ratio, the CPU
+    assert calls[0] == ("baby", 1, {"reg_weight": [0.1], "epochs": 2}, 0.666, "cpu")
+    assert recs[0]["pinned"] == {"reg_weight": "--set"} and recs[0]["missing_ratio"] == 0.666
+    assert recs[0]["modalities"] == [] and recs[0]["codebase"] == DGMREC

@@ -169,21 +169,40 @@ def test_official_class_in_our_engine_trains_exactly_like_the_model_it_wraps(rep
 
 
 def test_cli_refusals(tmp_path):
-    with pytest.raises(SystemExit, match="not the official src folder"):
-        main(["--official-src", str(tmp_path), "--model", "SGL"])
-    (tmp_path / "main.py").write_text("")
-    with pytest.raises(SystemExit, match="reference TikTok folder not found"):
-        main(["--official-src", str(tmp_path), "--model", "SGL", "--data-root", str(tmp_path / "nowhere")])
-    (tmp_path / "tiktok").mkdir()
-    with pytest.raises(SystemExit, match="no weight map for GRCN"):
-        main(["--official-src", str(tmp_path), "--model", "GRCN", "--data-root", str(tmp_path)])
+    tiktok = tmp_path / "tiktok"
+    tiktok.mkdir()
+    (tiktok / "tiktok.inter").write_text("userID\titemID\tx_label\n")
+    base = ["--data-dir", str(tiktok)]
+    with pytest.raises(SystemExit, match="not a checkout of ptkjw1997/DGMRec or enoche/MMRec"):
+        main(["--source", str(tmp_path), "--model", "SGL"] + base)
+    release, mmrec = tmp_path / "release", tmp_path / "mmrec"
+    (release / "src" / "configs" / "best").mkdir(parents=True)
+    (release / "src" / "main.py").write_text("")
+    (mmrec / "src").mkdir(parents=True)
+    (mmrec / "src" / "main.py").write_text("")
+    with pytest.raises(SystemExit, match="nowhere: no such dataset folder"):
+        main(["--source", str(release), "--model", "SGL", "--data-dir", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="no dgmrec-release weight map for GRCN"):
+        main(["--source", str(release), "--model", "GRCN"] + base)
+    with pytest.raises(SystemExit, match="no mmrec weight map for SGL .*have: LightGCN"):
+        main(["--source", str(mmrec), "--model", "SGL"] + base)
+    with pytest.raises(SystemExit, match="MMRec has no new-item mode"):
+        main(["--source", str(mmrec), "--model", "LightGCN", "--protocol", "new_items"] + base)
     with pytest.raises(SystemExit, match="--train cannot run DGMRec: the official trainer builds its CLUB"):
-        main(["--official-src", str(tmp_path), "--model", "DGMRec", "--data-root", str(tmp_path), "--train"])
+        main(["--source", str(release), "--model", "DGMRec", "--train"] + base)
     with pytest.raises(SystemExit, match="--seeds must be comma-separated integers"):
-        main(["--official-src", str(tmp_path), "--model", "SGL", "--data-root", str(tmp_path), "--seeds", "1;2"])
-    with pytest.raises(SystemExit, match="nowhere.json: official results not found"):
-        main(["--official-src", str(tmp_path), "--model", "SGL", "--data-root", str(tmp_path),
-              "--official", str(tmp_path / "nowhere.json")])
+        main(["--source", str(release), "--model", "SGL", "--seeds", "1;2"] + base)
+
+
+def test_weight_maps_are_keyed_by_code_base_and_cover_the_release_checks():
+    from benchmarks.experiments.official_checkout import DGMREC, MMREC
+    from benchmarks.experiments.weight_maps import WEIGHTS, per_modality
+    release = {m for c, m in WEIGHTS if c == DGMREC}
+    assert release == {"MFBPR", "LightGCN", "NGCF", "SGL", "SimGCL", "BM3", "MILK", "SIBRAR", "CI2MG"}
+    assert WEIGHTS[(MMREC, "LightGCN")]["user_embedding"] == "embedding_dict.user_emb"
+    assert WEIGHTS[(DGMREC, "LightGCN")]["user_embedding"] == "user_embedding.weight"
+    assert per_modality("proj.{m}.{p}", "{name}_trs.{p}", ("weight",)) == {
+        "proj.v.weight": "image_trs.weight", "proj.t.weight": "text_trs.weight", "proj.a.weight": "audio_trs.weight"}
 
 
 def test_dropout_rates_are_zeroed_on_both_sides_under_their_own_names(replica):

@@ -1,22 +1,26 @@
-"""More seeds of the official implementation on the reference TikTok data.
+"""Runs of an official implementation on a reference dataset folder, one process per (model, seed).
 
-    python -m benchmarks.experiments.official_runs --official-src /path/to/DGMRec/src \\
-        --models BM3,SimGCL --seeds 42,2023 --out benchmarks/experiments/reference/tiktok-official-extra-seeds.json
+    python -m benchmarks.experiments.official_runs --source CHECKOUT --data-dir ../shared/data/reference/baby \\
+        --models FREEDOM --seeds 999,42,2023 --epochs 15 [--set key=value] [--device cpu] [--out FILE]
 
-Runs the official code itself (the ``src`` folder of a ``ptkjw1997/DGMRec`` checkout) for each
-(model, seed) with the settings of that model's record in the official results file
-(``config_override``, 15 epochs), one process per run in a private copy of ``src`` with the
-reference files linked in, parses the official log (per-epoch loss and seconds, validation and
-test metrics, the test metrics at the best validation epoch) and writes the records, in the
-official file's schema, into ``--out`` (a rerun replaces the record of the same model and seed).
-``benchmarks.experiments.fidelity`` pools them with the official file's own runs. What is
-changed in the copy (device calls, stand-ins for unused imports) and why more seeds are
-needed: docs/fidelity.md.
+``CHECKOUT`` is a work tree or a git directory of ``ptkjw1997/DGMRec`` (the release the paper's
+baselines follow) or of ``enoche/MMRec``; which one is told by its files. The dataset is the
+folder's name, its modalities the feature files in it. Each run is the official ``main.py`` in a
+private copy of ``src`` with the folder's files linked in, with the settings of
+``official_settings`` (DGMRec release: its best file, missing ratio 0.666 or 0.6 on TikTok, mean
+imputation; MMRec: every feature present, each grid key of its model YAML pinned to ours or to
+``--set``, MMRec's own schedule); MMRec's DRAGON also gets the user graph its preprocessing
+script makes (``user_graph``). The official log is parsed (per-epoch loss and seconds,
+validation and test metrics, the test metrics at the best validation epoch), with the process's
+peak memory, into records written to ``--out`` (default: ``reference/<code base>-<dataset>.json``
+beside this module; DGMRec release runs on TikTok go to ``tiktok-official-extra-seeds.json``,
+which ``fidelity`` pools with the official results file). A rerun replaces the record of the
+same code base, dataset, model and seed. ``benchmarks.experiments.fidelity --records FILE``
+compares ours with them; docs/fidelity.md says how.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -24,32 +28,23 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.experiments.bench_common import EXTRA_SEEDS, OFFICIAL_RESULTS, REFERENCE, official_records, parse_seeds
-from benchmarks.experiments.fidelity import official_setting
+from benchmarks.experiments.official_checkout import (DGMREC, MMREC, CheckoutError, data_folder, official_yaml,
+                                                      open_checkout, workspace)
+from benchmarks.experiments.official_settings import (MEAN_IMPUTATION, SettingError, best_override, effective,
+                                                      ensure_mmrec_dataset_yaml, mmrec_model_yaml, our_settings,
+                                                      release_override, release_ratio)
+from benchmarks.experiments.user_graph import USER_GRAPH, needs_user_graph, user_graph_file
 from data_prep.errors import DataError
+from data_prep.modalities import Modalities
 
 _EPOCH = re.compile(r"epoch (\d+) training \[time: ([\d.]+)s, train loss: ([-\d.eE+na]+)\]")
 _EVAL = re.compile(r"epoch (\d+) evaluating \[time: ([\d.]+)s")
 _METRIC = re.compile(r"([a-z]+@\d+): ([-\d.]+)")
-_DEVICE = 'torch.device("cuda" if torch.cuda.is_available() else "cpu")'
-# Only the names the official code imports at module level: the raw-image paths that use them
-# are never taken with pre-extracted features.
-_STUBS = {
-    "torchvision/__init__.py": "",
-    "torchvision/transforms/__init__.py": "from . import functional\n",
-    "torchvision/transforms/functional.py":
-        "def pad(*a, **k):\n    raise NotImplementedError('stand-in: raw images are not used')\n"
-        "def resize(*a, **k):\n    raise NotImplementedError('stand-in: raw images are not used')\n",
-    "lmdb.py": "def open(*a, **k):\n    raise NotImplementedError('stand-in: raw images are not used')\n",
-    # SLMRec imports KMeans and never calls it
-    "sklearn/__init__.py": "",
-    "sklearn/cluster.py": "class KMeans:\n    def __init__(self, *a, **k):\n"
-                          "        raise NotImplementedError('stand-in: not used by the official models')\n",
-}
+REFERENCE_RECORDS = Path(__file__).resolve().parent / "reference"
 
 
 def _metrics(line: str) -> dict[str, float]:
@@ -101,41 +96,6 @@ def parse_log(text: str) -> dict:
     }
 
 
-def official_settings(official_file: Path) -> dict[str, dict]:
-    """Each model's official seed-999 run record (its ``config_override`` and grid setting)."""
-    out = {}
-    for rec in official_records(official_file):
-        if rec.get("seed") == 999 and rec.get("config_override") is not None:
-            out[rec["model"]] = rec
-    return out
-
-
-def pinned_override(rec: dict) -> dict:
-    """An official run's ``config_override`` with each grid key pinned to the setting its
-    figure comes from, so that one run covers exactly that setting."""
-    return dict(rec["config_override"], **{k: [v] for k, v in official_setting(rec).items()})
-
-
-def workspace(official_src: Path, data_dir: Path, dataset: str) -> Path:
-    root = Path(tempfile.mkdtemp(prefix="official-run-"))
-    shutil.copytree(official_src, root / "src", ignore=shutil.ignore_patterns("__pycache__", "log", "saved"))
-    # As for the official results file: hard-coded .cuda() calls go to the available device.
-    for path in (root / "src").rglob("*.py"):
-        text = path.read_text()
-        if ".cuda()" in text:
-            path.write_text(text.replace(".cuda()", f".to({_DEVICE})"))
-    target = root / "data" / dataset
-    target.mkdir(parents=True)
-    for f in data_dir.iterdir():
-        (target / f.name).symlink_to(f.resolve())
-    stubs = root / "stubs"
-    for rel, body in _STUBS.items():
-        top = rel.split("/")[0].removesuffix(".py")
-        if importlib.util.find_spec(top) is None:
-            (stubs / rel).parent.mkdir(parents=True, exist_ok=True)
-            (stubs / rel).write_text(body)
-    return root
-
 
 # Runs the official main.py in its own process and, when the process ends, writes its peak
 # memory (resident, and CUDA's max_memory_allocated when CUDA was used) to $OFFICIAL_PEAK_FILE.
@@ -153,6 +113,7 @@ def _peak():
 
 
 atexit.register(_peak)
+import official_compat  # noqa: E402,F401
 sys.argv = ["main.py"] + sys.argv[1:]
 runpy.run_path("main.py", run_name="__main__")
 """
@@ -171,25 +132,55 @@ def gpu_arg(device: str | None) -> str:
     return "0" if torch.cuda.is_available() else ""
 
 
+
+def figure_setting(model: str, dataset: str, official_file: Path = OFFICIAL_RESULTS) -> dict:
+    """The grid setting of the DGMRec release's published TikTok figure of ``model`` (its
+    seed-999 record in the official results file); empty elsewhere."""
+    from benchmarks.experiments.fidelity import official_setting
+    if dataset != "tiktok":
+        return {}
+    for rec in official_records(official_file):
+        if rec["model"] == model and rec.get("seed") == 999 and rec.get("protocol") == "missing":
+            return official_setting(rec)
+    return {}
+
+
 def run_one(official_src: Path, data_dir: Path, model: str, seed: int, override: dict,
-            timeout: float | None = None, dataset: str = "tiktok", device: str | None = None) -> dict:
-    """Run the official code for one model and seed on ``dataset`` (the folder ``data_dir``) on
-    ``device`` (auto: the first GPU when one is visible); the parsed record (``status`` ok or
-    failed), with the process's peak memory."""
-    root = workspace(official_src, data_dir, dataset)
-    (root / "src" / "_peak_launcher.py").write_text(_LAUNCHER)
+            timeout: float | None = None, dataset: str = "tiktok", device: str | None = None,
+            codebase: str = DGMREC, ratio: float | None = None, extra_data: dict | None = None) -> dict:
+    """Run the official code (``official_src``: the ``src`` folder of a checkout of ``codebase``)
+    for one model and seed on ``dataset`` (the folder ``data_dir``) on ``device`` (auto: the
+    first GPU when one is visible); the parsed record (``status`` ok or failed), with the
+    process's peak memory. DGMRec release: ``override`` is its ``--config_override`` and
+    ``ratio`` its ``--missing_ratio`` (None: the dataset YAML's); MMRec: ``override`` is the
+    model YAML written into the copy (MMRec's main takes no settings), ``extra_data`` files
+    linked into the dataset folder."""
+    root = workspace(official_src, data_dir, dataset, extra_data)
+    src = root / "src"
+    (src / "_peak_launcher.py").write_text(_LAUNCHER)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / "stubs"), env.get("PYTHONPATH", "")) if p)
     env["OFFICIAL_PEAK_FILE"] = str(root / "peak.json")
-    cmd = [sys.executable, "_peak_launcher.py", "-m", model, "-d", dataset, "-g", gpu_arg(device),
-           "--seed", f"[{seed}]", "--config_override", json.dumps(override)]
+    gpu = gpu_arg(device)
+    if codebase == MMREC:
+        import yaml
+        # MMRec's configurator shows it GPU 0 whenever use_gpu is on
+        (src / "configs" / "model" / f"{model}.yaml").write_text(
+            yaml.safe_dump(dict(override, seed=[seed], use_gpu=gpu != ""), sort_keys=False))
+        ensure_mmrec_dataset_yaml(src / "configs", dataset)
+        cmd = [sys.executable, "_peak_launcher.py", "-m", model, "-d", dataset]
+    else:
+        cmd = [sys.executable, "_peak_launcher.py", "-m", model, "-d", dataset, "-g", gpu,
+               "--seed", f"[{seed}]", "--config_override", json.dumps(override)]
+        if ratio is not None:
+            cmd += ["--missing_modal", "1", "--missing_ratio", str(ratio), "--missing_imputation", f"[{MEAN_IMPUTATION}]"]
     started = time.time()
-    record = {"model": model, "dataset": dataset, "protocol": "missing", "seed": seed,
+    record = {"model": model, "dataset": dataset, "codebase": codebase, "protocol": "missing", "seed": seed,
               "epochs": override.get("epochs"), "config_override": override,
               "source": "official code run by benchmarks.experiments.official_runs", "status": "failed"}
     try:
-        proc = subprocess.run(cmd, cwd=root / "src", env=env, capture_output=True, text=True, timeout=timeout)
-        logs = sorted((root / "src" / "log").rglob("*.log"))
+        proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, timeout=timeout)
+        logs = sorted((src / "log").rglob("*.log"))
         if (root / "peak.json").is_file():
             record.update(json.loads((root / "peak.json").read_text()))
         if proc.returncode != 0 or not logs:
@@ -207,21 +198,6 @@ def run_one(official_src: Path, data_dir: Path, model: str, seed: int, override:
     return record
 
 
-def _official_yaml(path: Path) -> dict:
-    """An official model YAML (its loader reads ``1e-04`` as a number; PyYAML's safe loader does not)."""
-    import yaml
-
-    def number(v):
-        if isinstance(v, str):
-            try:
-                return float(v)
-            except ValueError:
-                return v
-        return [number(x) for x in v] if isinstance(v, list) else v
-    doc = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    return {k: number(v) for k, v in (doc or {}).items()}
-
-
 def official_override(official_src: Path, model: str, dataset: str, ours: dict, epochs: int) -> dict:
     """The official settings for a timing run of ``model`` on ``dataset`` with the setting ours
     trains: the official best file (``configs/best/<model>_<dataset>.json``) with every
@@ -229,9 +205,8 @@ def official_override(official_src: Path, model: str, dataset: str, ours: dict, 
     else to its first official value, so one official run trains exactly one setting; ``epochs``
     epochs, validation every epoch and no early stop, as the cost benchmark runs ours."""
     src = Path(official_src)
-    best_file = src / "configs" / "best" / f"{model}_{dataset}.json"
-    override = json.loads(best_file.read_text()) if best_file.is_file() else {}
-    spec = _official_yaml(src / "configs" / "model" / f"{model}.yaml")
+    override = best_override(src, model, dataset)
+    spec = official_yaml(src / "configs" / "model" / f"{model}.yaml")
     keys = [k for k in spec.get("hyper_parameters", []) if k not in ("seed", "missing_imputation")]
     for k in keys:  # grid keys: the official code iterates over a list of values
         if k in ours:
@@ -246,57 +221,108 @@ def official_override(official_src: Path, model: str, dataset: str, ours: dict, 
     return override
 
 
+def record_key(rec: dict) -> tuple:
+    """What a rerun replaces: the same code base, dataset, model and seed (records written
+    before MMRec was run here are the DGMRec release's)."""
+    return rec.get("codebase", DGMREC), rec.get("dataset"), rec["model"], rec.get("seed")
+
+
 def merge(path: Path, new: list[dict]) -> list[dict]:
-    """The records of ``path`` with ``new`` replacing those of the same model and seed."""
-    old = official_records(path)
-    keys = {(r["model"], r["seed"]) for r in new}
-    merged = [r for r in old if (r["model"], r.get("seed")) not in keys] + new
-    merged.sort(key=lambda r: (r["model"], r.get("seed", 0)))
+    """The records of ``path`` with ``new`` replacing those of the same key (``record_key``)."""
+    keys = {record_key(r) for r in new}
+    merged = [r for r in official_records(path) if record_key(r) not in keys] + new
+    merged.sort(key=lambda r: (r.get("dataset") or "", r["model"], r.get("seed", 0)))
     return merged
 
 
+def write_records(out: Path, new: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    # one record per line: small diffs when seeds are added
+    tmp.write_text("[\n" + ",\n".join(json.dumps(r) for r in merge(out, new)) + "\n]\n")
+    tmp.replace(out)  # each finished run is kept, whatever happens to the next
+
+
+def default_out(codebase: str, dataset: str) -> Path:
+    if codebase == DGMREC and dataset == "tiktok":
+        return EXTRA_SEEDS
+    return REFERENCE_RECORDS / f"{codebase}-{dataset}.json"
+
+
 def main(argv=None) -> int:
+    from benchmarks.run.config import ConfigError, parse_sets
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--official-src", required=True, help="the src folder of a ptkjw1997/DGMRec checkout")
+    ap.add_argument("--source", required=True, help="a work tree or git directory of ptkjw1997/DGMRec or enoche/MMRec")
     ap.add_argument("--models", required=True, help="comma-separated official model names")
-    ap.add_argument("--seeds", default="42,2023")
+    ap.add_argument("--seeds", default="999,42,2023")
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--data-dir", default=str(REFERENCE / "tiktok"))
-    ap.add_argument("--official", default=str(OFFICIAL_RESULTS), help="where each model's settings come from")
-    ap.add_argument("--out", default=str(EXTRA_SEEDS))
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="key=value: pin an official setting (a grid key, or any key of the official model), "
+                         "for every model of --models")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    ap.add_argument("--out", default=None, help="records file (default: see above)")
+    ap.add_argument("--cache-dir", default="cache", help="where MMRec's generated user graph is kept")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
     args = ap.parse_args(argv)
-    src, data_dir = Path(args.official_src), Path(args.data_dir)
-    if not (src / "main.py").is_file():
-        raise SystemExit(f"{src}: not the official src folder (no main.py)")
-    if not data_dir.is_dir():
-        raise SystemExit(f"{data_dir}: reference TikTok folder not found")
-    if not Path(args.official).is_file():
-        raise SystemExit(f"{args.official}: official results not found (they give each model's settings)")
+    try:
+        folder = data_folder(args.data_dir)
+        sets = parse_sets(args.sets)
+    except (ValueError, ConfigError) as exc:
+        raise SystemExit(str(exc)) from None
     seeds = parse_seeds(args.seeds)
-    settings = official_settings(Path(args.official))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in settings]
-    if unknown:
-        raise SystemExit(f"no seed-999 settings in {args.official} for: {', '.join(unknown)}")
-    out = Path(args.out)
-    git = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
-    commit = git.stdout.strip() if git.returncode == 0 else None
-    for model in models:
-        base = settings[model]
-        override = pinned_override(base)
-        for seed in seeds:
-            rec = run_one(src, data_dir, model, seed, override, args.timeout)
-            rec["official_commit"] = commit
-            rec = {k: v for k, v in rec.items() if v is not None}
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp")
-            # one record per line: small diffs when seeds are added
-            tmp.write_text("[\n" + ",\n".join(json.dumps(r) for r in merge(out, [rec])) + "\n]\n")
-            tmp.replace(out)  # each finished run is kept, whatever happens to the next
-            test = rec.get("test") or {}
-            print(f"{model} seed {seed}: {rec['status']} R@20 {test.get('recall@20')} N@20 {test.get('ndcg@20')} "
-                  f"({rec['wall_seconds']} s){'  ' + rec['error'][:300] if rec.get('error') else ''}", flush=True)
+    try:
+        return _run(args, folder, sets, seeds, models)
+    except CheckoutError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def _run(args, folder, sets: dict, seeds: list[int], models: list[str]) -> int:
+    with open_checkout(args.source) as checkout:
+        out = Path(args.out) if args.out else default_out(checkout.codebase, folder.name)
+        plans = []
+        for model in models:
+            try:
+                plans.append((model, *settings_for(checkout, folder, model, sets, args.epochs)))
+            except SettingError as exc:
+                raise SystemExit(str(exc)) from None
+        # the modalities the official models read: MMRec's have no audio input
+        mods = folder.modalities if checkout.codebase == DGMREC else Modalities(m for m in folder.modalities if m != "a")
+        if checkout.codebase == MMREC and folder.modalities.has_audio:
+            print("note: MMRec has no audio input; audio_feat.npy is not used", flush=True)
+        for model, override, pinned, ratio in plans:
+            extra = {}
+            if needs_user_graph(checkout.codebase, model, folder):
+                print(f"{model}: {USER_GRAPH} made by MMRec's preprocessing script (kept in {args.cache_dir})", flush=True)
+                extra[USER_GRAPH] = user_graph_file(checkout, folder, args.cache_dir, args.timeout)
+            schedule, settings = effective(checkout.src, model, folder.name, checkout.codebase, override)
+            print(f"{model} ({checkout.codebase}, {folder.name}): pinned "
+                  + (", ".join(f"{k}={override[k]} ({w})" for k, w in pinned.items()) or "nothing")
+                  + f"; schedule {schedule}", flush=True)
+            for seed in seeds:
+                rec = run_one(checkout.src, folder.path, model, seed, override, args.timeout, dataset=folder.name,
+                              device=args.device, codebase=checkout.codebase, ratio=ratio, extra_data=extra)
+                rec.update(official_commit=checkout.commit, missing_ratio=ratio or 0.0, modalities=list(mods),
+                           schedule=schedule, settings=settings, pinned=pinned, sets=sets, device=args.device)
+                rec = {k: v for k, v in rec.items() if v is not None}
+                write_records(out, [rec])
+                test = rec.get("test") or {}
+                print(f"{model} seed {seed}: {rec['status']} R@20 {test.get('recall@20')} N@20 {test.get('ndcg@20')} "
+                      f"({rec['wall_seconds']} s){'  ' + rec['error'][:300] if rec.get('error') else ''}", flush=True)
+    print(f"records in {out}")
     return 0
+
+
+def settings_for(checkout, folder, model: str, sets: dict, epochs: int) -> tuple[dict, dict, float | None]:
+    """(the run's override, the pinned keys with where each came from, the DGMRec release's
+    missing ratio or None for MMRec) of ``model`` on ``folder``."""
+    ours = our_settings(checkout.codebase, model, folder.name)
+    if checkout.codebase == MMREC:
+        return (*mmrec_model_yaml(checkout.src, model, folder.name, ours, sets, epochs), None)
+    figure = figure_setting(model, folder.name)
+    override, pinned = release_override(checkout.src, model, folder.name, ours, sets, epochs, figure)
+    return override, pinned, release_ratio(folder.name)
 
 
 if __name__ == "__main__":

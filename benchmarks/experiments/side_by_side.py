@@ -1,24 +1,26 @@
 """Same computation: an official model class beside ours, on identical weights and batches.
 
-    python -m benchmarks.experiments.side_by_side --official-src /path/to/DGMRec/src --model SGL
-    python -m benchmarks.experiments.side_by_side --official-src /path/to/DGMRec/src --model SGL --train --seeds 999,42,2023
+    python -m benchmarks.experiments.side_by_side --source CHECKOUT --data-dir ../shared/data/reference/baby --model LightGCN
+    python -m benchmarks.experiments.side_by_side --source CHECKOUT --model SGL --train --seeds 999,42,2023
 
-Builds the official class with the official data pipeline from a checkout of
-``ptkjw1997/DGMRec`` (a private copy prepared as ``official_runs`` does) on the reference TikTok
-data, with the settings of its official figure, and:
+Builds the official class with the official data pipeline from a checkout (work tree or git
+directory) of ``ptkjw1997/DGMRec`` or ``enoche/MMRec`` on a dataset folder (default: reference
+TikTok), in a private copy prepared as ``official_runs`` does and with the settings it would
+run (``official_settings``: DGMRec release: its best file, the folder's missing ratio; MMRec:
+every feature present, each grid key pinned to ours or ``--set``), and:
 
-* by default (**check**) copies the official initial weights into ours (``WEIGHTS`` maps the
-  parameter names), sends one BPR batch of our sampler through both ``calculate_loss`` with the
-  randomness aligned, and prints the two losses, the largest gradient difference of every
-  parameter beside the official model's own change under a 1e-7 weight perturbation, and the
-  largest difference between the two sides' masked, imputed feature tables;
+* by default (**check**) copies the official initial weights into ours (the model's map in
+  ``weight_maps.WEIGHTS``), sends one BPR batch of our sampler through both ``calculate_loss``
+  with the randomness aligned, and prints the two losses, the largest gradient difference of
+  every parameter beside the official model's own change under a 1e-7 weight perturbation, and
+  the largest difference between the two sides' feature tables (masked and imputed where the
+  protocol masks);
 * with ``--train`` trains and evaluates the official class with our engine (sampler,
   optimiser, schedule, evaluator) for each seed, to tell a model difference from a
   training-loop difference.
 
-Models with a weight map: MFBPR, LightGCN, NGCF, SGL, SimGCL, BM3, MILK, SIBRAR, CI2MG;
-``--train`` takes any official model name. How randomness is aligned and what the results
-were: docs/fidelity.md.
+``--protocol new_items`` (DGMRec release, on a folder with new items) builds both sides in
+new-item mode. How randomness is aligned and what the results were: docs/fidelity.md.
 """
 from __future__ import annotations
 
@@ -37,49 +39,13 @@ from unittest import mock
 import numpy as np
 import torch
 
-from benchmarks.experiments.bench_common import OFFICIAL_RESULTS, REFERENCE, parse_seeds
 from benchmarks.core.engine import seed_everything
-from benchmarks.experiments.fidelity import official_setting
+from benchmarks.experiments.bench_common import REFERENCE, parse_seeds
+from benchmarks.experiments.official_checkout import COMPAT_MODULE, DGMREC, MMREC
+from benchmarks.experiments.weight_maps import NO_DROPOUT, WEIGHTS
 from data_prep.errors import DataError
 from models.base import Recommender
 
-_NAMES = (("v", "image"), ("t", "text"), ("a", "audio"))  # our modality key, the official attribute prefix
-
-
-def _per_modality(ours: str, theirs: str, params=("weight", "bias")) -> dict[str, str]:
-    """Map entries for every modality, e.g. ``("proj.{m}.{p}", "{name}_trs.{p}")``; ``params``
-    fills ``{p}`` (ignored when the pattern has none)."""
-    return {ours.format(m=m, p=p): theirs.format(name=name, p=p) for m, name in _NAMES for p in params}
-
-
-_EMBEDDINGS = {"user_embedding": "user_embedding.weight", "item_embedding": "item_embedding.weight"}
-_ID_EMBEDDINGS = {"user_embedding": "user_embedding.weight", "item_embedding": "item_id_embedding.weight"}
-_BM3 = dict(_ID_EMBEDDINGS, **{"predictor.weight": "predictor.weight", "predictor.bias": "predictor.bias"},
-            **_per_modality("raw.{m}", "{name}_embedding.weight"), **_per_modality("trs.{m}.{p}", "{name}_trs.{p}"))
-_NGCF = dict(_EMBEDDINGS, **{f"{ours}.{k}.{p}": f"{theirs}.{k}.{p}" for ours, theirs in (("gc", "gc_linears"),
-                                                                                       ("bi", "bi_linears"))
-                              for k in range(4) for p in ("weight", "bias")})
-_MODALITY_INPUTS = dict(_per_modality("features.{m}", "{name}_embedding.weight"),
-                        **_per_modality("proj.{m}.{p}", "{name}_trs.{p}"))
-_MILK = {"user_embedding": "user_embedding.weight", **_MODALITY_INPUTS}
-_SIBRAR = dict(_ID_EMBEDDINGS, **{k: k for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")},
-               **_MODALITY_INPUTS)
-_CI2MG = dict(_ID_EMBEDDINGS, **_per_modality("proj.{m}.{p}", "{name}_trs.{p}"),
-              **_per_modality("prototypes.{m}", "{name}_prot.weight"),
-              **_per_modality("hyper.{m}.weight", "hgcn_weight_{name}.weight"),
-              **_per_modality("enhance.{m}.{p}", "{name}_enhance.{p}"),
-              **{f"bn.{k}": f"bn.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")})
-# our state_dict key -> the official class's state_dict key (buffers such as batch-norm
-# statistics included)
-WEIGHTS: dict[str, dict[str, str]] = {
-    "MFBPR": _EMBEDDINGS, "LightGCN": _EMBEDDINGS, "NGCF": _NGCF, "SGL": _ID_EMBEDDINGS, "SimGCL": _ID_EMBEDDINGS,
-    "BM3": _BM3, "MILK": _MILK, "SIBRAR": _SIBRAR, "CI2MG": _CI2MG,
-}
-# dropout rates set to 0 for the one-batch check, (ours, official) attribute names: the two
-# sides draw their masks differently, so the draws cannot be aligned
-NO_DROPOUT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "BM3": (("dropout",), ("dropout",)), "NGCF": (("dropout",), ("mess_dropout",)),
-}
 _FEATURES = {"v": "v_feat", "t": "t_feat", "a": "a_feat"}
 # models whose official trainer runs model-specific steps that OfficialInEngine does not
 OWN_TRAINING_STEPS = {
@@ -157,7 +123,7 @@ def _replayed_source_pairs(ours, official, drawn: list):
 
 
 # models whose official draws come from torch.multinomial, replayed into ours
-REPLAY = {"SGL": _replayed_edge_drops, "SIBRAR": _replayed_source_pairs}
+REPLAY = {(DGMREC, "SGL"): _replayed_edge_drops, (DGMREC, "SIBRAR"): _replayed_source_pairs}
 
 
 def _official_gradients(official, batch, seed, drawn=None):
@@ -170,15 +136,17 @@ def _official_gradients(official, batch, seed, drawn=None):
 
 def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
                  users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, seed: int = 5,
-                 perturbation: float = 1e-7) -> dict:
+                 perturbation: float = 1e-7, codebase: str = DGMREC) -> dict:
     """One batch through both models from equal weights: losses and, per parameter of ours,
     the largest gradient difference and the largest official gradient entry.
 
     As a yardstick, the official model is also run on weights scaled by (1 + ``perturbation``·N(0,1)):
     where its own gradients move by as much as ours differ from them, the difference is float
     rounding amplified by the model (CI2MG's Sinkhorn), not a different computation."""
-    copied = copy_weights(ours, official, WEIGHTS[model])
-    for side, attrs in zip((ours, official), NO_DROPOUT.get(model, ((), ()))):
+    key = (codebase, model)
+    mapping, replay = WEIGHTS[key], REPLAY.get(key)
+    copied = copy_weights(ours, official, mapping)
+    for side, attrs in zip((ours, official), NO_DROPOUT.get(key, ((), ()))):
         for attr in attrs:
             rate = getattr(side, attr)
             setattr(side, attr, [0.0] * len(rate) if isinstance(rate, (list, tuple)) else 0.0)
@@ -192,26 +160,26 @@ def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
     twin.zero_grad()
     batch = torch.stack([users, pos, neg])
     drawn: list = []
-    loss_official = _official_gradients(official, batch, seed, drawn if model in REPLAY else None)
-    _official_gradients(twin, batch, seed, [] if model in REPLAY else None)
+    loss_official = _official_gradients(official, batch, seed, drawn if replay else None)
+    _official_gradients(twin, batch, seed, [] if replay else None)
     seed_everything(seed)
-    with REPLAY[model](ours, official, drawn) if model in REPLAY else contextlib.nullcontext():
+    with replay(ours, official, drawn) if replay else contextlib.nullcontext():
         loss_ours = ours.calculate_loss(users, pos, neg)
     loss_ours.backward()
     off_params, twin_params = dict(official.named_parameters()), dict(twin.named_parameters())
     mine = dict(ours.named_parameters())
     grads = {}
-    for key in (k for k in copied if k in mine):  # parameters; buffers have no gradient
-        off_key = WEIGHTS[model][key]
-        a, b, c = mine[key].grad, off_params[off_key].grad, twin_params[off_key].grad
+    for name in (k for k in copied if k in mine):  # parameters; buffers have no gradient
+        off_key = mapping[name]
+        a, b, c = mine[name].grad, off_params[off_key].grad, twin_params[off_key].grad
         if a is None or b is None:
-            grads[key] = {"max_diff": None if (a is None) != (b is None) else 0.0,
-                          "max_official": None if b is None else float(b.abs().max()), "official_self": None}
+            grads[name] = {"max_diff": None if (a is None) != (b is None) else 0.0,
+                           "max_official": None if b is None else float(b.abs().max()), "official_self": None}
             continue
-        grads[key] = {"max_diff": float((a - b).abs().max()), "max_official": float(b.abs().max()),
-                      "official_self": None if c is None else float((c - b).abs().max())}
+        grads[name] = {"max_diff": float((a - b).abs().max()), "max_official": float(b.abs().max()),
+                       "official_self": None if c is None else float((c - b).abs().max())}
     # an official parameter that learns from this batch but has no counterpart in ours is a difference
-    mapped = set(WEIGHTS[model].values())
+    mapped = set(mapping.values())
     unmatched = sorted(k for k, p in off_params.items()
                        if k not in mapped and p.grad is not None and bool(p.grad.abs().max() > 0))
     return {"loss_ours": loss_ours.item(), "loss_official": loss_official.item(), "gradients": grads,
@@ -248,23 +216,45 @@ class OfficialInEngine(Recommender):
         self.official.pre_epoch_processing()
 
 
-def load_official(root: Path, model: str, seed: int, override: dict) -> torch.nn.Module:
+def load_official(root: Path, model: str, seed: int, override: dict, codebase: str = DGMREC,
+                  dataset: str = "tiktok", ratio: float | None = None, new_items: bool = False) -> torch.nn.Module:
     """The official ``model`` class built as the official quick start builds it (config, dataset,
-    training loader, the first value of each grid key, seeds), from the private copy ``root``
-    made by ``benchmarks.experiments.official_runs.workspace``; ``override`` as ``pinned_override`` gives it."""
+    training loader, the first value of each grid key, seeds) on the CPU, from the private copy
+    ``root`` made by ``official_checkout.workspace``; ``override`` as ``official_runs.settings_for``
+    gives it (DGMRec release: its config override, with missing ratio ``ratio``; MMRec: the
+    model YAML, written into the copy)."""
     src = str(root / "src")
     for path in (str(root / "stubs"), src):
         if path not in sys.path:
             sys.path.insert(0, path)
+    importlib.import_module(COMPAT_MODULE)
     with contextlib.chdir(src):
         Config = importlib.import_module("utils.configurator").Config
         RecDataset = importlib.import_module("utils.dataset").RecDataset
         TrainDataLoader = importlib.import_module("utils.dataloader").TrainDataLoader
         init_seed = importlib.import_module("utils.utils").init_seed
-        config_dict = {"gpu_id": "0", "missing_modal": 1, "missing_imputation": [1], "new_items": 0,
-                       "save_best_model": False, "seed": [seed], **override}
-        config = Config(model, "tiktok", config_dict)
-        train_split = RecDataset(config).split()[0]
+        if codebase == MMREC:
+            import yaml
+
+            from benchmarks.experiments.official_settings import ensure_mmrec_dataset_yaml
+            configs = Path(src) / "configs"
+            (configs / "model" / f"{model}.yaml").write_text(yaml.safe_dump(dict(override, seed=[seed]), sort_keys=False))
+            ensure_mmrec_dataset_yaml(configs, dataset)
+            config = Config(model, dataset, {"gpu_id": 0, "use_gpu": False})
+        else:
+            config_dict = {"gpu_id": "", "use_gpu": False, "missing_modal": 1, "missing_imputation": [1],
+                           "new_items": int(new_items), "save_best_model": False, "seed": [seed], **override}
+            if ratio is not None:
+                config_dict["missing_ratio"] = ratio
+            config = Config(model, dataset, config_dict)
+            if new_items:  # as the release's quick start: the interaction file without new items' training rows
+                config["inter_file_name"] = f"{dataset}_del.inter"
+        dataset_all = RecDataset(config)
+        splits = dataset_all.split()
+        train_split = splits[0][0] if new_items else splits[0]
+        # as the quick start, which logs the datasets: their __str__ sets the inter_num MMRec's loader reads
+        for d in (dataset_all, train_split):
+            str(d)
         loader = TrainDataLoader(config, train_split, batch_size=config["train_batch_size"], shuffle=True)
         for key in ["seed", *config["hyper_parameters"]]:
             value = config[key]
@@ -281,76 +271,118 @@ def load_official(root: Path, model: str, seed: int, override: dict) -> torch.nn
     return official
 
 
-def main(argv=None) -> int:
-    from benchmarks.run.discovery import registry_entry
-    from models.cache import ArtifactCache
-    from benchmarks.core.engine import Trainer
-    from benchmarks.run.jobs import DatasetRef, load_dataset
-    from benchmarks.experiments.official_runs import official_settings, pinned_override, workspace
+def our_side(codebase: str, model: str, folder, protocol: str, sets: dict, seed: int):
+    """(our model class, its resolved configuration, the task) on ``folder`` under ``protocol``
+    with ``sets``, on the CPU, as our runner builds them."""
     from benchmarks.core.protocols import get_protocol
+    from benchmarks.experiments.weight_maps import our_name
+    from benchmarks.run.discovery import registry_entry
+    from benchmarks.run.jobs import DatasetRef, load_dataset
     from benchmarks.run.runner import RunOptions, plan
+    from models.cache import ArtifactCache
+    name = our_name(codebase, model)
+    spec = plan(RunOptions(protocols=[protocol], datasets=[folder.name], models=[name], seeds=[seed],
+                           data_root=str(folder.path.resolve().parent), full=True, sets=sets,
+                           cache_dir=None, progress=False)).jobs[0]
+    cfg = spec["config"]
+    cls = registry_entry(name).cls
+    task = get_protocol(protocol).build_task(load_dataset(DatasetRef(**spec["dataset_ref"])), cfg, cls,
+                                             spec["missing_ratio"], torch.device("cpu"), ArtifactCache(None))
+    return cls, cfg, task
+
+
+def _print_check(model: str, n: int, out: dict, feats: dict) -> None:
+    def fmt(x):
+        return "none" if x is None else f"{x:.3g}"
+    print(f"{model}: one batch of {n} from equal weights")
+    print(f"  loss ours {out['loss_ours']!r}  official {out['loss_official']!r}")
+    for key, g in out["gradients"].items():
+        print(f"  gradient {key}: largest difference {fmt(g['max_diff'])} (official vs itself on weights "
+              f"perturbed by 1e-7: {fmt(g['official_self'])}), largest official entry {fmt(g['max_official'])}")
+    unmatched = out["official_only_with_gradient"]
+    print(f"  official parameters with a gradient and no counterpart in ours: {', '.join(unmatched) or 'none'}")
+    for m, d in feats.items():
+        print(f"  feature table {m}: largest difference from ours {d}")
+
+
+def prepare(args, folder, official_sets: dict) -> tuple:
+    """(the private copy, the code base, the official override, its missing ratio, our ``--set``)
+    for ``args.model`` on ``folder``; the checkout is only read here."""
+    from benchmarks.experiments.official_checkout import open_checkout, workspace
+    from benchmarks.experiments.official_runs import settings_for
+    from benchmarks.experiments.official_settings import SettingError, ours_from_official
+    from benchmarks.experiments.user_graph import USER_GRAPH, needs_user_graph, user_graph_file
+    with open_checkout(args.source) as checkout:
+        codebase = checkout.codebase
+        if not args.train and (codebase, args.model) not in WEIGHTS:
+            have = ", ".join(m for c, m in WEIGHTS if c == codebase)
+            raise SystemExit(f"no {codebase} weight map for {args.model} in weight_maps.WEIGHTS (have: {have}); "
+                             "--train needs none")
+        if codebase == MMREC and args.protocol != "missing":
+            raise SystemExit("MMRec has no new-item mode: --protocol missing")
+        try:
+            override, pinned, ratio = settings_for(checkout, folder, args.model, official_sets, args.epochs)
+        except SettingError as exc:
+            raise SystemExit(str(exc)) from None
+        values = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in override.items() if k in pinned}
+        sets = dict(ours_from_official(codebase, args.model, dict(values, **official_sets)),
+                    epochs=args.epochs, missing_ratio=ratio or 0.0)
+        extra = {USER_GRAPH: user_graph_file(checkout, folder, args.cache_dir)} \
+            if needs_user_graph(codebase, args.model, folder) else {}
+        return workspace(checkout.src, folder.path, folder.name, extra), codebase, override, ratio, sets
+
+
+def main(argv=None) -> int:
+    from benchmarks.core.engine import Trainer
     from benchmarks.core.sampling import BPRSampler
+    from benchmarks.experiments.official_checkout import CheckoutError, data_folder
+    from benchmarks.run.config import ConfigError, parse_sets
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--official-src", required=True, help="the src folder of a ptkjw1997/DGMRec checkout")
+    ap.add_argument("--source", required=True, help="a work tree or git directory of ptkjw1997/DGMRec or enoche/MMRec")
     ap.add_argument("--model", required=True)
+    ap.add_argument("--data-dir", default=str(REFERENCE / "tiktok"))
+    ap.add_argument("--protocol", choices=("missing", "new_items"), default="missing")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="key=value: an official setting, "
+                    "pinned on both sides (under our name where weight_maps.SETTING_NAMES has one)")
     ap.add_argument("--train", action="store_true", help="train the official class in our engine for --seeds")
     ap.add_argument("--seeds", default="999")
     ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--data-root", default=str(REFERENCE))
-    ap.add_argument("--official", default=str(OFFICIAL_RESULTS), help="where the model's settings come from")
+    ap.add_argument("--cache-dir", default="cache", help="where MMRec's generated user graph is kept")
     ap.add_argument("--out", default=None, help="JSON file for the --train results")
     args = ap.parse_args(argv)
-    src, data_dir = Path(args.official_src), Path(args.data_root) / "tiktok"
-    if not (src / "main.py").is_file():
-        raise SystemExit(f"{src}: not the official src folder (no main.py)")
-    if not data_dir.is_dir():
-        raise SystemExit(f"{data_dir}: reference TikTok folder not found")
+    try:
+        folder = data_folder(args.data_dir)
+        official_sets = parse_sets(args.sets)
+    except (ValueError, ConfigError) as exc:
+        raise SystemExit(str(exc)) from None
     if args.train and args.model in OWN_TRAINING_STEPS:
         raise SystemExit(f"--train cannot run {args.model}: {OWN_TRAINING_STEPS[args.model]}")
-    if not args.train and args.model not in WEIGHTS:
-        raise SystemExit(f"no weight map for {args.model} (have: {', '.join(WEIGHTS)}); --train needs none")
     seeds = parse_seeds(args.seeds)
-    if not Path(args.official).is_file():
-        raise SystemExit(f"{args.official}: official results not found (they give the model's settings)")
-    record = official_settings(Path(args.official)).get(args.model)
-    if record is None:
-        raise SystemExit(f"no seed-999 settings for {args.model} in {args.official}")
-    override, setting = pinned_override(record), official_setting(record)
-
-    ours_plan = plan(RunOptions(protocols=["missing"], datasets=["tiktok"], models=[args.model], seeds=[seeds[0]],
-                                data_root=args.data_root, sets={"epochs": args.epochs, **setting},
-                                cache_dir=None, progress=False))
-    spec = ours_plan.jobs[0]
-    cfg = spec["config"]
-    cls = registry_entry(args.model).cls
-    task = get_protocol("missing").build_task(load_dataset(DatasetRef(**spec["dataset_ref"])), cfg, cls,
-                                              spec["missing_ratio"], torch.device("cpu"), ArtifactCache(None))
-    root = workspace(src, data_dir, "tiktok")
     try:
+        root, codebase, override, ratio, sets = prepare(args, folder, official_sets)
+    except CheckoutError as exc:
+        raise SystemExit(str(exc)) from None
+    try:
+        cls, cfg, task = our_side(codebase, args.model, folder, args.protocol, sets, seeds[0])
+
+        def official(seed):
+            return load_official(root, args.model, seed, override, codebase, folder.name, ratio,
+                                 args.protocol == "new_items")
         if not args.train:
-            official = load_official(root, args.model, seeds[0], override)
+            theirs = official(seeds[0])
             torch.manual_seed(seeds[0])
             ours = cls(cfg, task)
             users, pos, neg = next(BPRSampler(task, np.random.default_rng(seeds[0])).epoch(int(cfg["train_batch_size"])))
-            out = compare_step(args.model, ours, official, users, pos, neg)
-            feats = feature_differences(task, official)
-            print(f"{args.model}: one batch of {len(users)} from equal weights")
-            print(f"  loss ours {out['loss_ours']!r}  official {out['loss_official']!r}")
-            def fmt(x):
-                return "none" if x is None else f"{x:.3g}"
-            for key, g in out["gradients"].items():
-                print(f"  gradient {key}: largest difference {fmt(g['max_diff'])} (official vs itself on weights "
-                      f"perturbed by 1e-7: {fmt(g['official_self'])}), largest official entry {fmt(g['max_official'])}")
-            unmatched = out["official_only_with_gradient"]
-            print(f"  official parameters with a gradient and no counterpart in ours: {', '.join(unmatched) or 'none'}")
-            for m, d in feats.items():
-                print(f"  feature table {m}: largest difference from ours {d}")
+            out = compare_step(args.model, ours, theirs, users, pos, neg, codebase=codebase)
+            print(f"{codebase} {args.model} on {folder.name} ({args.protocol}, missing ratio {ratio or 0.0:g}); "
+                  f"ours with {sets}")
+            _print_check(args.model, len(users), out, feature_differences(task, theirs))
             return 0
         results = []
         for seed in seeds:
             rng = seed_everything(seed)
-            model = OfficialInEngine(cfg, task, load_official(root, args.model, seed, override))
+            model = OfficialInEngine(cfg, task, official(seed))
             r = Trainer(model, task, cfg, rng).run()
             results.append({"model": args.model, "seed": seed, "best_epoch": r.best_epoch,
                             "test": {k: r.test[k] for k in ("recall@20", "ndcg@20")},
