@@ -45,6 +45,8 @@ _STUBS = {
     "sklearn/__init__.py": "",
     "sklearn/cluster.py": "class KMeans:\n    def __init__(self, *a, **k):\n"
                           "        raise NotImplementedError('stand-in: not used by the official models')\n",
+    # PGL imports it for its global mode only (the SVD of the user-item graph); the local mode never calls it
+    "sparsesvd.py": "def sparsesvd(*a, **k):\n    raise NotImplementedError('stand-in: sparsesvd is not installed')\n",
 }
 
 # Written into every private copy and imported before the official code runs: library calls the

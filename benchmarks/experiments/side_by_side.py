@@ -124,6 +124,9 @@ def _replayed_source_pairs(ours, official, drawn: list):
 
 # models whose official draws come from torch.multinomial, replayed into ours
 REPLAY = {(DGMREC, "SGL"): _replayed_edge_drops, (DGMREC, "SIBRAR"): _replayed_source_pairs}
+# models whose training graph is drawn by the epoch hook (torch.multinomial in the official
+# pre_epoch_processing): the check runs one hook per side first, the official draws replayed into ours
+EPOCH_REPLAY = {(MMREC, "PGL"): _replayed_edge_drops}
 
 
 def _official_gradients(official, batch, seed, drawn=None):
@@ -150,6 +153,12 @@ def compare_step(model: str, ours: torch.nn.Module, official: torch.nn.Module,
         for attr in attrs:
             rate = getattr(side, attr)
             setattr(side, attr, [0.0] * len(rate) if isinstance(rate, (list, tuple)) else 0.0)
+    if key in EPOCH_REPLAY:  # before the twin is copied: it propagates on the same graph
+        epoch_draws: list = []
+        with _recording_multinomial(epoch_draws):
+            official.pre_epoch_processing()
+        with EPOCH_REPLAY[key](ours, official, epoch_draws):
+            ours.pre_epoch(0)
     twin = copy.deepcopy(official)
     with torch.no_grad():
         g = torch.Generator().manual_seed(seed)

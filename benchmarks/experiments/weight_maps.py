@@ -53,6 +53,8 @@ WEIGHTS: dict[tuple[str, str], dict[str, str]] = {
     (DGMREC, "MILK"): _MILK, (DGMREC, "SIBRAR"): _SIBRAR, (DGMREC, "CI2MG"): _CI2MG,
     # MMRec keeps LightGCN's two tables in a ParameterDict
     (MMREC, "LightGCN"): {"user_embedding": "embedding_dict.user_emb", "item_embedding": "embedding_dict.item_emb"},
+    # PGL: one user table per modality (user_image, user_text), trainable features and projections
+    (MMREC, "PGL"): dict(per_modality("user_embedding.{m}", "user_{name}.weight"), **_MODALITY_INPUTS),
 }
 
 NO_DROPOUT: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
