@@ -52,6 +52,8 @@ _STUBS = {
                         "        raise NotImplementedError('stand-in: 1-d sums into a new tensor only')\n"
                         "    n = int(index.max()) + 1 if dim_size is None else dim_size\n"
                         "    return torch.zeros(n, dtype=src.dtype, device=src.device).scatter_add_(0, index, src)\n",
+    # PGL imports it for its global mode only (the SVD of the user-item graph); the local mode never calls it
+    "sparsesvd.py": "def sparsesvd(*a, **k):\n    raise NotImplementedError('stand-in: sparsesvd is not installed')\n",
 }
 
 # Written into every private copy and imported before the official code runs: library calls the

@@ -75,6 +75,8 @@ WEIGHTS: dict[tuple[str, str], dict[str, str]] = {
     (MMREC, "FREEDOM"): _FREEDOM,
     (MMREC, "DRAGON"): _DRAGON,
     (MMREC, "SMORE"): _SMORE,
+    # PGL: one user table per modality (user_image, user_text), trainable features and projections
+    (MMREC, "PGL"): dict(per_modality("user_embedding.{m}", "user_{name}.weight"), **_MODALITY_INPUTS),
 }
 
 NO_DROPOUT: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
