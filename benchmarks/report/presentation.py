@@ -18,6 +18,9 @@ FLOOR_GROUP = "non-personalised"
 # The paper's row order; a model not listed sorts after these, by name, within its group.
 PAPER_ORDER = ("ItemPop", "MFBPR", "NGCF", "LightGCN", "SGL", "SimGCL", "VBPR", "MMGCN", "GRCN", "SLMRec", "BM3",
                "LATTICE", "MGCN", "LGMRec", "DAMRS", "GUME", "CI2MG", "MILK", "SIBRAR", "DGMRec")
+# Models published after the paper, in publication order; all multi-modal, so within that group
+# they follow the paper's multi-modal baselines.
+POST_PAPER_ORDER = ("FREEDOM", "DRAGON", "PGL", "SMORE", "MMGCF")
 
 DATASET_ORDER = ("baby", "sports", "clothing", "tiktok", "elec")
 TABLE_METRICS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50")  # Table 1 / Table 2 and their companions
@@ -37,6 +40,7 @@ MODEL_COLORS = {
     "MFBPR": "#7f7f7f", "NGCF": "#4d4d4d", "LightGCN": "#8c564b", "SGL": "#c49c94", "SimGCL": "#bcbd22",
     "VBPR": "#1f77b4", "MMGCN": "#7fb2e0", "GRCN": "#ff7f0e", "SLMRec": "#f5b041", "BM3": "#2ca02c",
     "LATTICE": "#82c96f", "MGCN": "#9467bd", "LGMRec": "#c3a3e0", "DAMRS": "#17becf", "GUME": "#e377c2",
+    "FREEDOM": "#98df8a", "DRAGON": "#aec7e8", "PGL": "#ffbb78", "SMORE": "#f7b6d2", "MMGCF": "#9edae5",
     "CI2MG": "#393b79", "MILK": "#637939", "SIBRAR": "#843c39",
 }
 FALLBACK_PALETTE = ("#5254a3", "#8ca252", "#bd9e39", "#ad494a", "#a55194", "#6b6ecf", "#b5cf6b",
@@ -48,8 +52,9 @@ GROUP_LABELS = {"missing-modality-aware": "missing-aware"}  # shorter names in l
 
 
 def model_order(pairs) -> list[tuple[str, str]]:
-    """Distinct (model, group) pairs in row order: group (registry order), paper order, name."""
-    rank = {n: i for i, n in enumerate(PAPER_ORDER)}
+    """Distinct (model, group) pairs in row order: group (registry order), paper order (then the
+    later models), name."""
+    rank = {n: i for i, n in enumerate(PAPER_ORDER + POST_PAPER_ORDER)}
     gidx = {g: i for i, g in enumerate(GROUPS)}
     uniq = dict.fromkeys((str(m), str(g)) for m, g in pairs)
     return sorted(uniq, key=lambda mg: (gidx.get(mg[1], len(gidx)), rank.get(mg[0], len(rank)), mg[0].lower()))
