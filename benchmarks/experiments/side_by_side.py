@@ -127,7 +127,7 @@ REPLAY = {(DGMREC, "SGL"): _replayed_edge_drops, (DGMREC, "SIBRAR"): _replayed_s
 
 
 def _replayed_epoch_graph(ours, official) -> None:
-    """The official epoch hook draws the training graph (FREEDOM's and PGL's degree-sensitive
+    """The official epoch hook draws the training graph (FREEDOM's, PGL's and MMGCF's degree-sensitive
     edge sample, torch.multinomial); ours takes the very edges it drew."""
     drawn: list = []
     with _recording_multinomial(drawn):
@@ -149,7 +149,7 @@ def _official_user_graph(ours, official) -> None:
 # models whose official per-epoch step draws state that the batch needs: run once per side before
 # the batch, and before the perturbed twin is copied so that it uses the same draw
 EPOCH_STATE = {(MMREC, "DRAGON"): _official_user_graph, (MMREC, "FREEDOM"): _replayed_epoch_graph,
-               (MMREC, "PGL"): _replayed_epoch_graph}
+               (MMREC, "PGL"): _replayed_epoch_graph, (MMREC, "MMGCF"): _replayed_epoch_graph}
 
 
 def _official_gradients(official, batch, seed, drawn=None):

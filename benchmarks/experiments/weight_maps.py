@@ -77,6 +77,10 @@ WEIGHTS: dict[tuple[str, str], dict[str, str]] = {
     (MMREC, "SMORE"): _SMORE,
     # PGL: one user table per modality (user_image, user_text), trainable features and projections
     (MMREC, "PGL"): dict(per_modality("user_embedding.{m}", "user_{name}.weight"), **_MODALITY_INPUTS),
+    # MMGCF: the fusion layers exist only for the fusion mode and weighting that use them
+    (MMREC, "MMGCF"): dict(_ID_EMBEDDINGS, mm_alpha="mm_alpha", **per_modality("trs.{m}.{p}", "{name}_trs.{p}"),
+                           **{f"{ours}.{p}": f"{ours}_layer.{p}" for ours in ("mm_concat", "id_mm_concat", "all_concat")
+                              for p in ("weight", "bias")}),
 }
 
 NO_DROPOUT: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
