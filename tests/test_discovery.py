@@ -25,7 +25,7 @@ def test_the_registry_holds_only_what_was_imported_until_the_runner_discovers():
     registered, foreign, discovered = out.splitlines()
     assert registered == "['DGMRec']"  # the registry imports no model package by itself
     assert foreign == "[]"  # models/ imports neither baselines/ nor benchmarks/
-    assert discovered == "20 True"
+    assert discovered == "25 True"
 
 
 def test_names_are_grouped_then_sorted_by_name():
