@@ -74,6 +74,12 @@ def test_cooccurrence_graph_hand_example():
     top1 = cooccurrence_graph(4, users, items, min_common=2, topk=1).toarray()
     assert np.array_equal(top1, np.array([[0, 3, 0, 0], [3, 0, 0, 0], [0, 2, 0, 0], [0, 2, 0, 0]]))
     assert cooccurrence_graph(4, users, items, min_common=4).nnz == 0
+    # counted in blocks of rows (a catalogue's counts never exist at once): the same graph
+    for topk in (None, 1, 2):
+        whole = cooccurrence_graph(4, users, items, min_common=2, topk=topk)
+        for block_pairs in (1, 5):
+            parts = cooccurrence_graph(4, users, items, min_common=2, topk=topk, block_pairs=block_pairs)
+            assert np.array_equal(parts.toarray(), whole.toarray())
     # DA-MRS behaviour graph: + self-loops, binary, (r_i r_j)^-1/2 with r the row counts
     g = binary_sym_normalize(top2 + np.eye(4)).toarray()
     r = np.array([2, 3, 2, 2])

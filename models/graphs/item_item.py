@@ -20,13 +20,19 @@ def _rowwise_topk_csr(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
 
 
 def cooccurrence_graph(n_items: int, users: np.ndarray, items: np.ndarray, min_common: int = 2,
-                       topk: int | None = None, n_users: int | None = None) -> sp.csr_matrix:
+                       topk: int | None = None, n_users: int | None = None,
+                       block_pairs: int = 50_000_000) -> sp.csr_matrix:
     """Item-item behaviour graph from interactions (as DA-MRS's ``build_iib_graph`` builds it).
 
     Weight of (i, j), i ≠ j = number of distinct users who interacted with both; pairs with
     fewer than ``min_common`` common users are dropped; each row keeps its ``topk`` largest
     weights (ties to the smaller item id; all of them when ``topk`` is None). Directed: row i
     lists i's neighbours. Pass *training* interactions only.
+
+    Rows are counted in blocks of at most about ``block_pairs`` (item, user, item) paths, each
+    block filtered and cut to its top-k before the next: the full count matrix of a catalogue
+    (DRAGON's user-user counts on Electronics, billions of pairs) never exists at once. Every
+    row is computed alone, so the result does not depend on the block size.
     """
     users = np.asarray(users, dtype=np.int64)
     items = np.asarray(items, dtype=np.int64)
@@ -34,14 +40,25 @@ def cooccurrence_graph(n_items: int, users: np.ndarray, items: np.ndarray, min_c
     r = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(nu, n_items))
     r.sum_duplicates()
     r.data[:] = 1.0
-    c = sp.csr_matrix(r.T @ r)
-    c.setdiag(0)
-    c.eliminate_zeros()
-    c.data[c.data < min_common] = 0
-    c.eliminate_zeros()
-    if topk is not None:
-        c = _rowwise_topk_csr(c, int(topk))
-    return c
+    rt = sp.csr_matrix(r.T)
+    # paths through each item i: its users' total number of items, an upper bound on row i's work
+    user_degree = np.diff(r.indptr)
+    work = rt @ user_degree.astype(np.float64)
+    bounds = [0]
+    for end in np.searchsorted(np.cumsum(work), np.arange(block_pairs, work.sum() + block_pairs, block_pairs),
+                               side="right"):
+        end = int(min(max(end, bounds[-1] + 1), n_items))
+        if end > bounds[-1]:
+            bounds.append(end)
+    if bounds[-1] < n_items:
+        bounds.append(n_items)
+    blocks = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        c = sp.coo_matrix(rt[start:end] @ r)
+        keep = (c.row + start != c.col) & (c.data >= min_common)  # no self-pairs, enough common users
+        c = sp.csr_matrix((c.data[keep], (c.row[keep], c.col[keep])), shape=(end - start, n_items))
+        blocks.append(_rowwise_topk_csr(c, int(topk)) if topk is not None else c)
+    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((n_items, n_items), dtype=np.float32)
 
 
 def shared_neighbours(a: sp.spmatrix, b: sp.spmatrix) -> sp.csr_matrix:
