@@ -241,3 +241,25 @@ def test_sibrar_sources_are_the_official_draws_and_sampling_is_restored(replica)
         k1, k2 = ours.sample_sources(pos)
     assert torch.equal(k1, official_pick[:, 0]) and torch.equal(k2, official_pick[:, 1])
     assert torch.multinomial is original and ours.sample_sources.__func__ is type(ours).sample_sources
+
+
+@pytest.mark.parametrize("name,sets", [
+    ("FREEDOM", {}), ("DRAGON", {}), ("PGL", {}), ("SMORE", {}),
+    ("MMGCF", {"fusion_mode": "mean", "weighting": "equal"}), ("MMGCF", {"fusion_mode": "concat", "weighting": "alpha"}),
+    ("MMGCF", {"fusion_mode": "concat", "weighting": "equal"}), ("MMGCF", {"fusion_mode": "sum", "weighting": "normalized"})])
+def test_mmrec_weight_maps_cover_every_parameter_of_the_later_models(name, sets):
+    """MMRec has two modalities: on a two-modality dataset each map names an official tensor for
+    every parameter of ours (whatever the fusion layers a setting creates), one tensor each."""
+    from benchmarks.experiments.official_checkout import MMREC
+    from benchmarks.experiments.weight_maps import WEIGHTS
+    ds = make_replica("baby", 0.02)
+    entry = get(name)
+    cfg = expand_grid(resolve(entry, "baby", sets, quick=True), entry.cls.list_params)[0]
+    seed_everything(0)
+    task = get_protocol("missing").build_task(ds, cfg, entry.cls, resolve_ratio(ds, 0.0))
+    ours = entry.cls(cfg, task)
+    mapping = WEIGHTS[(MMREC, name)]
+    params = [n for n, _ in ours.named_parameters()]
+    assert params and set(params) <= set(mapping)
+    targets = [mapping[n] for n in params]
+    assert len(set(targets)) == len(targets)
