@@ -42,7 +42,7 @@ def test_pickled_replicas_are_served_to_the_planner_and_the_jobs(tmp_path):
 
 
 def test_correctness_phase_writes_its_tables(tmp_path):
-    clock = gpu_check.Clock(120.0, gpu_check.PHASES)
+    clock = gpu_check.Clock(1e6, gpu_check.PHASES)  # a budget that never binds: a busy machine runs every step
     clock.begin("correctness")
     rows = gpu_check.phase_correctness("cpu", ["MFBPR"], clock, tmp_path, smoke=True)
     assert len(rows) == 4 and all(r["verdict"] == "ok" and r["poisoned_bitwise"] for r in rows)
