@@ -44,14 +44,9 @@ def cooccurrence_graph(n_items: int, users: np.ndarray, items: np.ndarray, min_c
     # paths through each item i: its users' total number of items, an upper bound on row i's work
     user_degree = np.diff(r.indptr)
     work = rt @ user_degree.astype(np.float64)
-    bounds = [0]
-    for end in np.searchsorted(np.cumsum(work), np.arange(block_pairs, work.sum() + block_pairs, block_pairs),
-                               side="right"):
-        end = int(min(max(end, bounds[-1] + 1), n_items))
-        if end > bounds[-1]:
-            bounds.append(end)
-    if bounds[-1] < n_items:
-        bounds.append(n_items)
+    cumulative = np.cumsum(work)
+    cuts = np.searchsorted(cumulative, np.arange(block_pairs, cumulative[-1] if n_items else 0, block_pairs))
+    bounds = np.unique(np.concatenate([[0], cuts, [n_items]])).tolist()  # a heavy row alone is its own block
     blocks = []
     for start, end in zip(bounds[:-1], bounds[1:]):
         c = sp.coo_matrix(rt[start:end] @ r)
